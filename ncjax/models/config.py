@@ -1,0 +1,98 @@
+"""The model config: every field with its default, and the checks that reject bad values early.
+
+Validation runs before any tracing so that a typo in ``--config.model.*`` fails
+in one readable line instead of deep inside a Flax trace.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from ncjax.models.layers import ACTIVATIONS
+
+NAMES = ("rn1", "rn2", "t11", "t12")
+RESNETS = ("rn1", "rn2")
+NORMS = {"rn": ("pre", "post", "final"), "t": ("pre", "post")}
+POOLINGS = ("cls", "mean")
+INPUTS = {"rn": ("image", "vector"), "t": ("image", "tokens")}
+DTYPES = ("float32", "bfloat16", "float16")
+# The jax.checkpoint_policies entries that are policies themselves (the others are
+# factories that need arguments, which a config string cannot carry).
+REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_saveable",
+                  "checkpoint_dots", "checkpoint_dots_with_no_batch_dims", "everything_saveable")
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every model field with a default suited to the paper's setup (width 64, CE, L-RN1)."""
+    c = ml_collections.ConfigDict()
+    c.name = "rn1"  # rn1 | rn2 (L-RN1/L-RN2) | t11 | t12 (L-T11/L-T12)
+    c.depth = 8  # number of residual / transformer blocks L
+    c.width = 64  # d
+    c.num_classes = 10
+    c.activation = "relu"
+    # pre: LN inside each block before its linear layers, plus a final LN.
+    # post: LN after each residual add. final (ResNets only): no LN in the blocks,
+    # one LN before the head, the blocks exactly as science.md §2 writes them.
+    c.norm = "pre"
+    c.use_bias = True  # biases of the embedding, blocks and linear head
+    c.classifier_bias = True  # b in logits = W h + b (MSE optima differ with / without it)
+    c.head_depth = 0  # m linear layers (width d, no activation) before the classifier
+    c.init_scale = 1.0  # multiplies the std of LeCun-normal kernels
+    c.dtype = "float32"  # compute dtype; params are always float32
+    c.num_heads = 4
+    c.mlp_dim = config_dict.placeholder(int)  # hidden width of two-layer blocks; None = width
+    c.patch_size = 7  # image transformers: square patches
+    c.pooling = "cls"  # transformers: cls | mean
+    c.input = "image"  # image [B,H,W,C] | vector [B,D] (ResNets) | tokens int [B,T] (transformers)
+    c.vocab_size = 256  # tokens: bytes by default
+    c.max_len = 512  # tokens: longest sequence (learned positions)
+    c.scan = True  # nn.scan over blocks (compile time independent of depth)
+    c.unroll = 1  # blocks per scan iteration
+    c.remat_policy = config_dict.placeholder(str)  # None = no remat, else a jax.checkpoint_policies name
+    return c
+
+
+def family(name: str) -> str:
+    return "rn" if name in RESNETS else "t"
+
+
+def _choice(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"model.{field}={value!r} is not supported; choose one of: {', '.join(map(str, allowed))}")
+
+
+def _positive(field: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"model.{field}={value!r} must be a positive integer")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raise ValueError with a one-line fix for the first bad value in ``c``."""
+    _choice("name", c.name, NAMES)
+    fam = family(c.name)
+    for field in ("depth", "width", "num_classes", "unroll"):
+        _positive(field, c[field])
+    if not isinstance(c.head_depth, int) or c.head_depth < 0:
+        raise ValueError(f"model.head_depth={c.head_depth!r} must be an integer >= 0")
+    _choice("activation", c.activation, sorted(ACTIVATIONS))
+    _choice("norm", c.norm, NORMS[fam])
+    _choice("input", c.input, INPUTS[fam])
+    _choice("dtype", c.dtype, DTYPES)
+    if not c.init_scale > 0:
+        raise ValueError(f"model.init_scale={c.init_scale!r} must be > 0")
+    if c.mlp_dim is not None:
+        _positive("mlp_dim", c.mlp_dim)
+    if c.remat_policy is not None:
+        _choice("remat_policy", c.remat_policy, REMAT_POLICIES)
+    if fam == "t":
+        _positive("num_heads", c.num_heads)
+        if c.width % c.num_heads:
+            raise ValueError(f"model.width={c.width} is not divisible by model.num_heads={c.num_heads}; "
+                             "change one so that width % num_heads == 0")
+        _choice("pooling", c.pooling, POOLINGS)
+        if c.input == "image":
+            _positive("patch_size", c.patch_size)
+        else:
+            _positive("vocab_size", c.vocab_size)
+            _positive("max_len", c.max_len)
