@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,23 +84,26 @@ def _update_one(stats: ClassStats, features: jax.Array, labels: jax.Array) -> Cl
     """
     num_classes = stats.count.shape[-1]
     h = features.astype(jnp.float32)
-    onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # padding rows are 0
-    valid = onehot.sum(-1, keepdims=True)
-    safe_labels = jnp.clip(labels, 0, num_classes - 1)
-    batch_count = onehot.sum(0)
+    valid = (labels >= 0) & (labels < num_classes)  # other labels mark padding
+    safe_labels = jnp.where(valid, labels, 0)
+    mask = valid[:, None].astype(jnp.float32)
+    segment_sum = functools.partial(jax.ops.segment_sum, segment_ids=safe_labels, num_segments=num_classes)
+    batch_count = segment_sum(valid.astype(jnp.int32))
 
     old_n = stats.count.astype(jnp.float32)
-    new_n = old_n + batch_count
-    first_sample = h[jnp.argmax(onehot, axis=0)]  # [K, D]: a sample of each class in the batch
+    new_n = old_n + batch_count.astype(jnp.float32)
+    rows = jnp.where(valid, jnp.arange(labels.shape[0]), labels.shape[0])
+    first_row = jax.ops.segment_min(rows, safe_labels, num_segments=num_classes)
+    first_sample = h[jnp.clip(first_row, 0, labels.shape[0] - 1)]  # [K, D]: one sample per class
     reference = jnp.where((old_n > 0)[:, None], stats.mean, first_sample)
-    dev_ref = (h - reference[safe_labels]) * valid
-    new_mean = reference + jnp.dot(onehot.T, dev_ref, precision=_HIGHEST) / jnp.maximum(new_n, 1.0)[:, None]
+    dev_ref = (h - reference[safe_labels]) * mask
+    new_mean = reference + segment_sum(dev_ref) / jnp.maximum(new_n, 1.0)[:, None]
     new_mean = jnp.where((new_n > 0)[:, None], new_mean, 0.0)
-    dev_new = (h - new_mean[safe_labels]) * valid
+    dev_new = (h - new_mean[safe_labels]) * mask
     scatter = stats.scatter + jnp.dot(dev_ref.T, dev_new, precision=_HIGHEST)
-    sq_dev = stats.sq_dev + jnp.dot(onehot.T, jnp.sum(dev_ref * dev_new, -1), precision=_HIGHEST)
+    sq_dev = stats.sq_dev + segment_sum(jnp.sum(dev_ref * dev_new, -1))
     return ClassStats(
-        count=stats.count + batch_count.astype(jnp.int32),
+        count=stats.count + batch_count,
         mean=new_mean,
         scatter=scatter,
         sq_dev=sq_dev,
@@ -292,41 +295,34 @@ def metrics(stats: ClassStats, weight=None, bias=None) -> dict[str, np.ndarray]:
 
 
 @jax.jit
-def _nc4_counts_jit(features, labels, mean, global_mean, present, weight, bias):
+def _nc4_counts_jit(features, labels, stats: ClassStats, weight, bias):
+    count = stats.count.astype(jnp.float32)
+    present = stats.count > 0
+    global_mean = jnp.dot(count, stats.mean, precision=_HIGHEST) / jnp.sum(count)
     h = features.astype(jnp.float32)
-    logits = jnp.dot(h, weight.T, precision=_HIGHEST) + bias
-    h = h - global_mean
-    centred_means = mean - global_mean
+    logits = jnp.dot(h, weight.T.astype(jnp.float32), precision=_HIGHEST) + bias
     logits = jnp.where(present, logits, -jnp.inf)
     # ‖h − μ_c‖² up to the per-sample constant ‖h‖², on centred values to limit cancellation.
+    h = h - global_mean
+    centred_means = stats.mean - global_mean
     dist = jnp.sum(centred_means**2, -1) - 2 * jnp.dot(h, centred_means.T, precision=_HIGHEST)
     dist = jnp.where(present, dist, jnp.inf)
-    valid = (labels >= 0) & (labels < mean.shape[0])
+    valid = (labels >= 0) & (labels < stats.mean.shape[0])
     mismatch = (jnp.argmax(logits, -1) != jnp.argmin(dist, -1)) & valid
-    return jnp.sum(mismatch, dtype=jnp.int32), jnp.sum(valid, dtype=jnp.int32)
+    return jnp.stack([jnp.sum(mismatch, dtype=jnp.int32), jnp.sum(valid, dtype=jnp.int32)])
 
 
-def nc4_counts(features, labels, stats: ClassStats, weight, bias=None) -> np.ndarray:
-    """(mismatches, samples) of one batch; summed over batches, their ratio is ``nc4``.
+def nc4_counts(features, labels, stats: ClassStats, weight, bias=None) -> jax.Array:
+    """[mismatches, samples] of one batch (on device); summed over batches, their ratio is ``nc4``.
 
     The classifier's argmax and the nearest-class-mean rule are both taken over
     the classes that have samples. Labels only mark padding (outside [0, K)).
     """
     num_classes, dim = stats.mean.shape[-2:]
-    _checked_weight(weight, bias, num_classes, dim)
-    count = stats.count.astype(jnp.float32)
-    global_mean = jnp.dot(count, stats.mean, precision=_HIGHEST) / jnp.sum(count)
+    if tuple(np.shape(weight)) != (num_classes, dim):
+        _checked_weight(weight, bias, num_classes, dim)  # raises the explanatory error
     bias = jnp.zeros((num_classes,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
-    out = _nc4_counts_jit(
-        features,
-        labels,
-        stats.mean,
-        global_mean,
-        stats.count > 0,
-        jnp.asarray(weight, jnp.float32),
-        bias,
-    )
-    return np.array([int(out[0]), int(out[1])])
+    return _nc4_counts_jit(features, labels, stats, jnp.asarray(weight), bias)
 
 
 # ----------------------------------------------------------------- one-shot
@@ -380,9 +376,24 @@ def measure(
             f"labels must lie in [0, {num_classes}); got values in [{labels.min()}, {labels.max()}]"
         )
     labels = labels.astype(np.int32)
-    stats = stream_stats(_chunks(features, labels, chunk), num_classes)
+    return measure_batches(lambda: _chunks(features, labels, chunk), num_classes, weight, bias)
+
+
+def measure_batches(
+    make_batches: Callable[[], Iterable[tuple[jax.Array, jax.Array]]],
+    num_classes: int,
+    weight=None,
+    bias=None,
+) -> dict[str, float]:
+    """Every collapse metric of a data stream too big to hold: two passes over ``make_batches()``.
+
+    ``make_batches`` returns a fresh iterable of ``(features [B, D], labels [B])``
+    each time it is called (the first pass accumulates statistics, the second
+    counts ``nc4`` disagreements against the final class means).
+    """
+    stats = stream_stats(make_batches(), num_classes)
     out = metrics(stats, weight, bias)
     if weight is not None:
-        counts = sum(nc4_counts(h, y, stats, weight, bias) for h, y in _chunks(features, labels, chunk))
+        counts = np.asarray(sum(nc4_counts(h, y, stats, weight, bias) for h, y in make_batches()))
         out["nc4"] = counts[0] / counts[1]
     return {name: float(value) for name, value in out.items()}
