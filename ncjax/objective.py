@@ -16,19 +16,26 @@ import optax
 LOSSES = ("ce", "mse")
 
 
-def data_loss(logits: jax.Array, labels: jax.Array, kind: str = "ce", mse_target_scale: float = 1.0) -> jax.Array:
-    """Mean data loss over the batch.
+def per_example_loss(
+    logits: jax.Array, labels: jax.Array, kind: str = "ce", mse_target_scale: float = 1.0
+) -> jax.Array:
+    """Data loss of every example [B].
 
-    ``ce``: softmax cross-entropy. ``mse``: ½‖z − s·onehot(y)‖² per sample,
-    the convention of the unconstrained-features literature (s = ``mse_target_scale``).
+    ``ce``: softmax cross-entropy. ``mse``: ½‖z − s·onehot(y)‖², the convention
+    of the unconstrained-features literature (s = ``mse_target_scale``).
     """
     logits = logits.astype(jnp.float32)
     if kind == "ce":
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     if kind == "mse":
         target = mse_target_scale * jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-        return 0.5 * jnp.sum((logits - target) ** 2, -1).mean()
+        return 0.5 * jnp.sum((logits - target) ** 2, -1)
     raise ValueError(f"unknown loss {kind!r}; allowed: {', '.join(LOSSES)}")
+
+
+def data_loss(logits: jax.Array, labels: jax.Array, kind: str = "ce", mse_target_scale: float = 1.0) -> jax.Array:
+    """Mean data loss over the batch."""
+    return per_example_loss(logits, labels, kind, mse_target_scale).mean()
 
 
 def _path_name(path) -> str:

