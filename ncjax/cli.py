@@ -58,13 +58,54 @@ def workdir_flag(argv: list[str] | None, program: str) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with errors as one line and status 2 (absl's own exits 1 with usage)."""
     try:
-        return flags.FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(fail(_flag_message(error)))
-    except Exception as error:  # config files raise anything while loading; keep it to one line
-        sys.exit(fail(_flag_message(error)))
+        rest = flags.FLAGS(argv)
+        if "config" in flags.FLAGS and flags.FLAGS["config"].present:
+            flags.FLAGS.config.to_dict()  # config files load lazily: surface their errors here
+        return rest
+    except Exception as error:  # noqa: BLE001  config files can raise anything while loading
+        sys.exit(fail(_unknown_key(argv) or _last_line(error)))
 
 
-def _flag_message(error: Exception) -> str:
-    message = " ".join(str(error).split())
-    return message or type(error).__name__
+def _last_line(error: Exception) -> str:
+    """The informative line of an error that may carry a whole traceback as its message."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("File ", "Traceback", "^", "The above"))]
+    text = useful[-1] if useful else type(error).__name__
+    if "No such file or directory" in str(error):
+        text = f"cannot load the config file: {text}"
+    return text
+
+
+def _unknown_key(argv: list[str]) -> str | None:
+    """For a misspelt --config.a.b=v: name the key and list the valid ones beside it."""
+    config = _load_config_quietly(argv)
+    if config is None:
+        return None
+    for arg in argv:
+        if not arg.startswith("--config."):
+            continue
+        node, path = config, arg.split("=", 1)[0][len("--config."):].split(".")
+        for depth, key in enumerate(path):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if key not in keys:
+                where = ".".join(path[:depth]) or "the config"
+                return (f"unknown config key {'.'.join(path)!r}; valid keys of {where}: {', '.join(sorted(keys))}"
+                        if keys else f"config key {'.'.join(path[:depth])!r} has no sub-keys")
+            node = node[key]
+    return None
+
+
+def _load_config_quietly(argv: list[str]):
+    import importlib.util
+
+    paths = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    if not paths:
+        return None
+    path, _, arg = paths[0].partition(":")
+    try:
+        spec = importlib.util.spec_from_file_location("_ncjax_config_probe", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.get_config(arg) if arg else module.get_config()
+    except Exception:  # noqa: BLE001  the original error is reported instead
+        return None

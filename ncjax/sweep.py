@@ -145,7 +145,7 @@ class DepthRun:
         return (jax.make_array_from_process_local_data(self.program.batch_sharding(x.ndim), x),
                 jax.make_array_from_process_local_data(self.program.batch_sharding(y.ndim), y))
 
-    def save(self, step: int, state) -> None:
+    def save(self, step: int, state, evaluate: bool = True) -> None:
         epoch, k = divmod(step, self.steps_per_epoch)
         if not bool(jnp.all(jnp.asarray(self._finite))):
             raise train.Diverged(
@@ -153,10 +153,19 @@ class DepthRun:
                 "the last good checkpoint is kept (lower train.learning_rate or train.l2)")
         for i, c in enumerate(self.checkpoints):
             c.save(step, jax.tree.map(lambda a: a[i], state), dict(epoch=epoch, batch_in_epoch=k))
-        self.evaluate_checkpoint(step, state)
+        if evaluate:
+            self.evaluate_checkpoint(step, state)
 
-    def train(self, stop: _StopFlag, writers) -> None:
-        state, start = self.initial_state()
+    def train(self, stop: _StopFlag) -> None:
+        state, start = self.initial_state()  # before any file is written: a bad checkpoint changes nothing
+        writers = _writers(self.runs)
+        try:
+            self._train(stop, state, start, writers)
+        finally:
+            for writer in writers:
+                writer.close()
+
+    def _train(self, stop: _StopFlag, state, start: int, writers) -> None:
         self.drop_orphan_metrics(start)
         evaluated = {r["step"] for r in records.read_metrics(self.runs[0])}
         if start and start not in evaluated:  # killed between a save and its evaluation
@@ -185,7 +194,9 @@ class DepthRun:
                 if not bool(jnp.all(self._finite)):
                     self.save(done, state)  # raises Diverged
             preempted = stop.raised or self.checkpoints[0].reached_preemption(done)
-            if done % every == 0 or done == self.total_steps or preempted:
+            if preempted:  # within the grace period: save only; the resumed run evaluates it
+                self.save(done, state, evaluate=False)
+            elif done % every == 0 or done == self.total_steps:
                 self.save(done, state)
                 for i, writer in enumerate(writers):
                     line = records.read_metrics(self.runs[i])[-1]
@@ -229,12 +240,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     stop.install()
     for depth in config.depths:
         depth_run = DepthRun(config, depth, dataset, mesh, workdir)
-        writers = _writers(depth_run.runs)
         try:
-            depth_run.train(stop, writers)
+            depth_run.train(stop)
         finally:
-            for writer in writers:
-                writer.close()
             depth_run.close()
     summary.write(workdir)
     return workdir

@@ -1,0 +1,174 @@
+"""The main job end to end: the workdir contract, resume, re-evaluation, bad input."""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICK = ["--config=configs/vit_depth.py:quick", "--config.train.steps=40", "--config.checkpoint.every_steps=20",
+         "--config.progress=False", "--config.data.n_per_class=24"]
+METRIC_KEYS = {"step", "epoch", "depth", "seed", "train_loss", "l2_penalty", "train_accuracy", "test_accuracy",
+               "nc1", "nc1_quotient", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc2_etf", "nc2_etf_w", "nc3",
+               "nc4", "nc1_per_block"}
+
+
+def ncjax(*args, module="ncjax.main", check=None):
+    result = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, capture_output=True, text=True,
+                            timeout=600)
+    if check is not None:
+        assert result.returncode == check, result.stderr[-3000:]
+    return result
+
+
+def metrics_lines(run: Path):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def tree_digest(root: Path):
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("sweep") / "w"
+    ncjax(*QUICK, "--config.depths=(1,2)", f"--workdir={workdir}", check=0)
+    return workdir
+
+
+def test_workdir_contract(finished):
+    config = json.loads((finished / "config.json").read_text())
+    assert config["depths"] == [1, 2] and config["model"]["num_classes"] == 10
+    for depth in (1, 2):
+        for seed in (0, 1):
+            run = finished / f"depth_{depth:03d}" / f"seed_{seed}"
+            assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["20", "40"]
+            lines = metrics_lines(run)
+            assert [line["step"] for line in lines] == [20, 40]
+            for line in lines:
+                assert METRIC_KEYS <= set(line)
+                assert line["depth"] == depth and line["seed"] == seed
+                assert len(line["nc1_per_block"]) == depth
+                # the last block's output is the feature that enters the classifier only after the final
+                # LayerNorm, so the per-block value is its own number; it must be finite
+                assert all(np.isfinite(line["nc1_per_block"]))
+                assert 0 <= line["nc4"] <= 1 and 0 <= line["train_accuracy"] <= 1
+            assert any((run / "tensorboard").iterdir())
+    rows = (finished / "summary.csv").read_text().splitlines()
+    assert rows[0].startswith("kind,depth,seed")
+    assert sum(r.startswith("run,") for r in rows) == 4 and sum(r.startswith("slope,") for r in rows) == 4
+    assert (finished / "nc_vs_depth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_reproduces_metrics(finished, tmp_path):
+    copy = tmp_path / "w"
+    shutil.copytree(finished, copy)
+    before = {run: metrics_lines(run) for run in copy.glob("depth_*/seed_*")}
+    ncjax(f"--workdir={copy}", module="ncjax.evaluate", check=0)
+    ncjax(f"--workdir={copy}", module="ncjax.evaluate", check=0)  # idempotent
+    for run, lines in before.items():
+        again = metrics_lines(run)
+        assert [line["step"] for line in again] == [line["step"] for line in lines]
+        for old, new in zip(lines, again):
+            for key, value in old.items():
+                np.testing.assert_allclose(new[key], value, rtol=1e-6, err_msg=key)
+    (copy / "summary.csv").unlink()
+    ncjax(f"--workdir={copy}", module="ncjax.sweep", check=0)
+    assert (copy / "summary.csv").exists()
+
+
+def _start(workdir):
+    return subprocess.Popen([sys.executable, "-m", "ncjax.main", *QUICK, "--config.depths=(2,)",
+                             f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def _wait_for_checkpoint(process, workdir, step=20, timeout=300):
+    marker = workdir / "depth_002" / "seed_1" / "checkpoints" / str(step)
+    start = time.time()
+    while not marker.is_dir():
+        assert process.poll() is None, process.stderr.read()[-2000:]
+        assert time.time() - start < timeout
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_bit_identically(finished, tmp_path, sig):
+    workdir = tmp_path / "w"
+    process = _start(workdir)
+    _wait_for_checkpoint(process, workdir)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=300)
+    if sig == signal.SIGTERM:
+        assert process.returncode == 0, err[-2000:]
+        assert "preempted" in err
+    ncjax(*QUICK, "--config.depths=(2,)", f"--workdir={workdir}", check=0)
+    for seed in (0, 1):
+        resumed = metrics_lines(workdir / "depth_002" / f"seed_{seed}")
+        straight = metrics_lines(finished / "depth_002" / f"seed_{seed}")
+        # a SIGTERM checkpoint lands between the regular ones and is evaluated like them
+        assert [r for r in resumed if r["step"] in (20, 40)] == straight  # bit-identical, data order included
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("--config.train.lerning_rate=0.1", "unknown config key 'train.lerning_rate'; valid keys of train:"),
+        ("--config.depths=(0,2)", "depth"),
+        ("--config.model.width=30", "divisible"),
+        ("--config.train.l2=-1", "l2"),
+        ("--config.data.source=imagenet_on_floppy", "data.source"),
+        ("--config.train.optimizer=lbfgs", "optimizer"),
+    ],
+)
+def test_bad_config_values_are_one_line_errors(tmp_path, override, message):
+    result = ncjax(*QUICK, override, f"--workdir={tmp_path / 'w'}", check=2)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_unknown_preset_and_missing_config_file(tmp_path):
+    for config in ("configs/vit_depth.py:quik", "configs/no_such_config.py"):
+        result = ncjax(f"--config={config}", f"--workdir={tmp_path}", check=2)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "quik" in ncjax("--config=configs/vit_depth.py:quik", check=2).stderr
+
+
+def test_workdir_of_another_config_is_refused(finished):
+    before = tree_digest(finished)
+    result = ncjax(*QUICK, "--config.depths=(1,2)", "--config.train.l2=0.01", f"--workdir={finished}", check=2)
+    assert "different config" in result.stderr and "train.l2" in result.stderr
+    assert tree_digest(finished) == before
+
+
+def test_corrupted_checkpoint_is_refused_and_kept(finished, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(finished, workdir)
+    state = workdir / "depth_001" / "seed_0" / "checkpoints" / "40" / "state"
+    for path in state.rglob("*"):
+        if path.is_file() and path.stat().st_size > 0 and "metadata" not in path.name:
+            path.write_bytes(b"\0garbage" * 3)
+    before = tree_digest(workdir)
+    result = ncjax(*QUICK, "--config.depths=(1,2)", f"--workdir={workdir}", check=2)
+    assert "cannot be read" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert tree_digest(workdir) == before
+
+
+def test_nan_loss_stops_with_nonzero_status_and_keeps_good_checkpoints(tmp_path):
+    workdir = tmp_path / "w"
+    result = ncjax(*QUICK, "--config.depths=(1,)", "--config.train.learning_rate=1e30",
+                   "--config.train.optimizer=sgd", "--config.train.loss=mse", f"--workdir={workdir}")
+    assert result.returncode not in (0, 2) and "NaN" in result.stderr
+    assert "Traceback" not in result.stderr
+    steps = [p.name for p in (workdir / "depth_001" / "seed_0" / "checkpoints").glob("[0-9]*")]
+    assert steps == []  # it diverged before the first checkpoint: nothing NaN was saved
