@@ -8,8 +8,10 @@ with status 3, a preempted one with 0 after saving.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Callable
 
+import jax
 from absl import flags
 
 from ncjax import checkpoints, data, experiment, parallel, records, sweep, train
@@ -24,6 +26,15 @@ USER_ERRORS = (
 )
 
 
+def enable_compilation_cache() -> None:
+    """Keep compiled programs on disk: a resumed or repeated run skips XLA compilation.
+
+    ``JAX_COMPILATION_CACHE_DIR`` wins; the default is ``~/.cache/ncjax/xla``.
+    """
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "ncjax" / "xla"))
+
+
 def fail(message: str, status: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return status
@@ -31,6 +42,7 @@ def fail(message: str, status: int = 2) -> int:
 
 def run_guarded(fn: Callable[[], object]) -> int:
     """Run ``fn``; map the project's exceptions to one line and an exit status."""
+    enable_compilation_cache()
     try:
         fn()
     except sweep.Preempted as notice:

@@ -1,9 +1,7 @@
 """ncjax.collapse against an independent float64 reference, closed forms and invariants."""
 
-import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
