@@ -4,43 +4,24 @@
     python -m ncjax.main --config=configs/vit_depth.py:quick      # ≤ 2 min: tests, Colab
     python -m ncjax.main --config=configs/vit_depth.py:paper      # the paper's settings, TFDS MNIST
 
-The argument after ':' is a comma-separated list of presets: one size
-(``quick``, ``default`` or ``paper``), optionally an architecture (``t11`` or
-``t12``) and a LayerNorm placement (``post`` or ``pre``), e.g.
-``configs/vit_depth.py:quick,t12,pre``. Any value can then be overridden:
+The argument after ':' is a comma-separated list of presets: a size (``default``,
+``quick`` or ``paper``), an architecture (``t11`` or ``t12``; L-T12 uses λ/L as the
+paper does for two-layer blocks) and a LayerNorm placement (``post`` or ``pre``),
+e.g. ``configs/vit_depth.py:quick,t12,pre``. Any value can then be overridden:
 ``--config.model.width=128 --config.depths='(2,4,8)'``.
 """
 
 from ncjax import experiment
 
-SIZES = ("quick", "default", "paper")
-ARCHS = ("t11", "t12")
-NORMS = ("post", "pre")
-
-
-def parse(arg):
-    """Split 'quick,t12,pre' into (size, arch, norm); unknown words are an error listing the valid ones."""
-    size, arch, norm = "default", "t11", "post"
-    for word in filter(None, (arg or "").split(",")):
-        if word in SIZES:
-            size = word
-        elif word in ARCHS:
-            arch = word
-        elif word in NORMS:
-            norm = word
-        else:
-            raise ValueError(
-                f"unknown preset {word!r} in {arg!r}; valid: {', '.join(SIZES + ARCHS + NORMS)}")
-    return size, arch, norm
+PRESETS = {"size": ("default", "quick", "paper"), "arch": ("t11", "t12"), "norm": ("post", "pre")}
 
 
 def get_config(arg=None):
-    size, arch, norm = parse(arg)
+    p = experiment.parse_presets(arg, PRESETS)
     c = experiment.base_config()
-    c.name = "vit_depth" if size == "default" and arch == "t11" and norm == "post" else (
-        f"vit_depth_{size}_{arch}_{norm}")
-    c.model.name = arch
-    c.model.norm = norm
+    c.name = "vit_depth" + "".join(f"_{p[g]}" for g in PRESETS if p[g] != PRESETS[g][0])
+    c.model.name = p["arch"]
+    c.model.norm = p["norm"]
     c.model.width = 64
     c.model.num_heads = 4
     c.model.patch_size = 7
@@ -49,8 +30,8 @@ def get_config(arg=None):
     c.train.optimizer = "adam"
     c.train.learning_rate = 0.005
     c.train.l2 = 0.005
-    c.train.l2_schedule = "inverse_depth" if arch == "t12" else "constant"
-    if size == "quick":
+    c.train.l2_schedule = "inverse_depth" if p["arch"] == "t12" else "constant"
+    if p["size"] == "quick":
         c.depths = (1, 2, 4)
         c.seeds = (0, 1)
         c.data.n_per_class = 40
@@ -58,7 +39,7 @@ def get_config(arg=None):
         c.train.steps = 60
         c.checkpoint.every_steps = 30
         c.log_every_steps = 10
-    elif size == "default":
+    elif p["size"] == "default":
         c.depths = (2, 3, 5, 8)
         c.seeds = (0, 1)
         c.data.n_per_class = 100

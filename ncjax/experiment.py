@@ -87,3 +87,19 @@ def validate(c: ml_collections.ConfigDict) -> None:
         models.validate(probe)
     except ValueError as error:
         _fail(str(error))
+
+
+def parse_presets(arg: str | None, groups: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """Split a config argument like ``'quick,t12,pre'`` into one word per group.
+
+    ``groups`` maps a group name to its words, the first being the default.
+    An unknown word is an error listing the valid ones.
+    """
+    chosen = {group: words[0] for group, words in groups.items()}
+    for word in filter(None, (arg or "").split(",")):
+        group = next((g for g, words in groups.items() if word in words), None)
+        if group is None:
+            valid = ", ".join(w for words in groups.values() for w in words)
+            raise ConfigError(f"unknown preset {word!r} in {arg!r}; valid presets: {valid}")
+        chosen[group] = word
+    return chosen

@@ -8,12 +8,13 @@ from ml_collections import config_dict
 from ncjax.data.dataset import DataError, Dataset
 from ncjax.data.gaussian_mixture import make_gaussian_mixture
 from ncjax.data.mnist_5k import load_mnist_5k
+from ncjax.data.synthetic_sequences import make_synthetic_sequences
 from ncjax.data.tfds_source import load_tfds
 from ncjax.data.transforms import normalize_images, subset_per_class
 
 TFDS_PREFIX = "tfds:"
 VALID_SOURCES = (
-    "'mnist_5k' (embedded, offline), 'gaussian_mixture', or 'tfds:<name>' "
+    "'mnist_5k' (embedded, offline), 'gaussian_mixture', 'synthetic_sequences', or 'tfds:<name>' "
     "(e.g. tfds:mnist, tfds:fashion_mnist, tfds:cifar10, tfds:cifar100, tfds:imdb_reviews)"
 )
 
@@ -34,6 +35,13 @@ def default_config() -> ml_collections.ConfigDict:
             "n_per_class_test": 100,
             "snr": 1.0,  # ||class mean|| / RMS noise norm; see make_gaussian_mixture.
         },
+        "synthetic_sequences": {  # label = the most frequent cue token; see make_synthetic_sequences
+            "num_classes": 2,
+            "vocab_size": 64,
+            "length": 64,
+            "n_per_class_train": 500,
+            "n_per_class_test": 200,
+        },
     })
 
 
@@ -52,6 +60,11 @@ def load(config: ml_collections.ConfigDict, seed: int = 0) -> Dataset:
         gm = config.gaussian_mixture
         ds = make_gaussian_mixture(
             gm.num_classes, gm.dim, gm.n_per_class_train, gm.n_per_class_test, gm.snr, seed
+        )
+    elif source == "synthetic_sequences":
+        sq = config.synthetic_sequences
+        ds = make_synthetic_sequences(
+            sq.num_classes, sq.vocab_size, sq.length, sq.n_per_class_train, sq.n_per_class_test, seed
         )
     elif source.startswith(TFDS_PREFIX) and len(source) > len(TFDS_PREFIX):
         if config.max_len < 1:

@@ -1,0 +1,57 @@
+"""L-RN1 / L-RN2 residual networks with LayerNorm: collapse against depth (science.md §2).
+
+    python -m ncjax.main --config=configs/resnet_depth.py                  # L-RN1, ~10 min on 2 CPU cores
+    python -m ncjax.main --config=configs/resnet_depth.py:rn2_inverse,quick
+    python -m ncjax.main --config=configs/resnet_depth.py:rn2,paper
+
+The argument after ':' is a comma-separated list of presets: a model (``rn1``: one
+linear layer per block, constant λ; ``rn2``: two per block, constant λ;
+``rn2_inverse``: two per block, λ/L as the paper prescribes) and a size
+(``default``, ``quick`` ≤ 2 min, ``paper`` = the settings table of science.md §2 on
+TFDS MNIST). The paper predicts collapse improving with depth for rn1 and
+rn2_inverse, not for rn2. Blocks are ``h ← h + σ(W h + b)`` (``W2 σ(W1 h + b1)`` for
+rn2) followed by one LayerNorm before the classifier (``model.norm='final'``);
+``--config.model.norm=pre`` puts a LayerNorm inside every block instead.
+"""
+
+from ncjax import experiment
+
+PRESETS = {"model": ("rn1", "rn2", "rn2_inverse"), "size": ("default", "quick", "paper")}
+
+
+def get_config(arg=None):
+    p = experiment.parse_presets(arg, PRESETS)
+    c = experiment.base_config()
+    c.name = "resnet_depth_" + p["model"] + ("" if p["size"] == "default" else "_" + p["size"])
+    c.model.name = "rn1" if p["model"] == "rn1" else "rn2"
+    c.model.norm = "final"
+    c.model.width = 64
+    c.train.loss = "ce"
+    c.train.optimizer = "adam"
+    c.train.learning_rate = 0.005
+    c.train.l2 = 0.005
+    c.train.l2_schedule = "inverse_depth" if p["model"] == "rn2_inverse" else "constant"
+    if p["size"] == "quick":
+        c.depths = (1, 2, 4)
+        c.seeds = (0, 1)
+        c.data.n_per_class = 40
+        c.train.batch_size = 64
+        c.train.steps = 80
+        c.checkpoint.every_steps = 40
+        c.log_every_steps = 10
+    elif p["size"] == "default":
+        c.depths = (2, 3, 5, 8, 13)
+        c.seeds = (0, 1, 2)
+        c.data.n_per_class = 100
+        c.train.batch_size = 128
+        c.train.epochs = 150
+        c.checkpoint.every_steps = 500
+    else:
+        c.data.source = "tfds:mnist"
+        c.depths = (2, 3, 5, 8, 13, 21, 34)
+        c.seeds = (0, 1, 2, 3, 4)
+        c.train.batch_size = 128
+        c.train.epochs = 5000
+        c.checkpoint.every_steps = 50_000
+        c.checkpoint.max_to_keep = 3
+    return c
