@@ -8,7 +8,7 @@ is saved next to the state, so a resumed run continues the exact data order.
 
 from __future__ import annotations
 
-from pathlib import Path
+from etils.epath import Path
 from typing import Any
 
 import orbax.checkpoint as ocp

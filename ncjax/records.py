@@ -2,18 +2,18 @@
 
 Every file the sweep, the trainer and ``ncjax.evaluate`` write goes through
 here, so the layout of ``shared/docs/design.md`` is stated once. Only process 0
-writes (``jax.process_index() == 0``); the others read.
+writes (``jax.process_index() == 0``); the others read. Paths are ``etils.epath``
+paths, so a workdir may be local or ``gs://`` (as Orbax's checkpoints are).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-from pathlib import Path
 from typing import Any, Iterable
 
 import jax
+from etils.epath import Path
 
 RUN_PATTERN = re.compile(r"depth_(\d+)/seed_(\d+)$")
 
@@ -106,11 +106,11 @@ def write_metrics(run: Path, records: Iterable[dict[str, Any]]) -> None:
 def append_metrics(run: Path, record: dict[str, Any]) -> None:
     if is_writer():
         Path(run).mkdir(parents=True, exist_ok=True)
-        with open(Path(run) / "metrics.jsonl", "a") as f:
+        with (Path(run) / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp.replace(path)

@@ -8,8 +8,9 @@ seed and as mean ± std over seeds, in the table and in the plot's legend.
 from __future__ import annotations
 
 import csv
+import io
 import math
-from pathlib import Path
+from etils.epath import Path
 from typing import Any
 
 import numpy as np
@@ -69,13 +70,14 @@ def write(workdir: Path | str) -> Path:
     if not records.is_writer():
         return workdir
     table = rows + slopes(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(table)
     tmp = workdir / "summary.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(table)
+    tmp.write_text(text.getvalue())
     tmp.replace(workdir / "summary.csv")
-    plot(rows, workdir / "nc_vs_depth.png", title=workdir.name)
+    plot(rows, workdir / "nc_vs_depth.png", title=records.read_config(workdir).get("name", workdir.name))
     return workdir
 
 
@@ -102,6 +104,7 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xticks(depths, [str(d) for d in depths])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("depth L")
     ax.set_ylabel("collapse metric (lower = more collapsed)")
     seeds = len({r["seed"] for r in rows})
@@ -109,5 +112,6 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
+    with Path(path).open("wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
+from etils.epath import Path
 from typing import Any
 
 import jax
