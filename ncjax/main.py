@@ -5,12 +5,17 @@
 
 Rerunning the same command on the same workdir resumes from the latest
 checkpoints. The default workdir is ``runs/<config.name>``.
+
+Multi-host (one process per host, or per GPU): every process runs the same command;
+``jax.distributed`` starts from ``--coordinator_address/--num_processes/--process_id``
+or from the cluster's environment (see ``--distributed`` and ``launch/``).
 """
 
 from __future__ import annotations
 
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,6 +27,11 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Output folder; default runs/<co
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-host: coordinator host:port.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-host: this process's index.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Multi-host start-up: auto = when flags or a multi-process cluster environment (SLURM step, "
+    "mpirun, JAX_COORDINATOR_ADDRESS, TPU pod) ask for it; on = always call jax.distributed.initialize() "
+    "(Cloud TPU VM pod workers); off = never.")
 
 
 def _main(argv: list[str]) -> None:
@@ -30,13 +40,15 @@ def _main(argv: list[str]) -> None:
     if _CONFIG.value is None:
         sys.exit(cli.fail("--config is required, e.g. --config=configs/vit_depth.py"))
     logging.set_verbosity(logging.WARNING)
-    parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{config.name}"
 
     def job():
+        parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                              mode=_DISTRIBUTED.value)
         sweep.run(config, workdir)
-        print(f"done: {workdir}/summary.csv and {workdir}/nc_vs_depth.png", file=sys.stderr)
+        if jax.process_index() == 0:
+            print(f"done: {workdir}/summary.csv and {workdir}/nc_vs_depth.png", file=sys.stderr)
 
     sys.exit(cli.run_guarded(job))
 

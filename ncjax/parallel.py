@@ -1,5 +1,8 @@
 """The device mesh, the sharding rules, and multi-host start-up.
 
+Multi-host start-up (`maybe_initialize_distributed`) is at the end: JAX's own
+multi-controller runtime, started from flags or a multi-process cluster environment.
+
 The mesh has two axes: ``data`` (pure data parallelism: parameters replicated)
 and ``fsdp`` (the batch is split over it too, and so are the parameters, along
 their ``embed`` axis). Parameters are placed by logical-axis rules, never by
@@ -104,19 +107,90 @@ def fit_shardings(shardings, shapes):
     return jax.tree.map(fit, shardings, shapes)
 
 
-def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                                 process_id: int | None = None) -> bool:
-    """Start JAX's multi-controller runtime when the environment asks for it.
+class DistributedError(ValueError):
+    """The multi-host flags are incomplete or contradictory (a user error: exit status 2)."""
 
-    Explicit flags win; otherwise the cluster's own environment (TPU VM pods,
-    SLURM, or ``JAX_COORDINATOR_ADDRESS``) is left to ``jax.distributed`` to read.
-    A single plain process starts nothing. Returns whether it initialised.
+
+# Environments that describe more than one process of one job. Each entry says how
+# many processes the environment announces (None: it says nothing about the count).
+def _cluster_processes(env) -> tuple[str, int] | None:
+    """(name, process count) of the multi-process cluster this process belongs to, if any.
+
+    Deliberately conservative: a variable that is also set for a single process
+    (a single-host TPU VM, an ``salloc`` shell, a one-task SLURM job, the batch
+    script of ``sbatch`` before ``srun``) must not start the distributed runtime,
+    which would wait for peers that never come.
     """
-    if coordinator:
-        jax.distributed.initialize(coordinator, num_processes, process_id)
-        return True
-    cluster_env = ("JAX_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS")
-    if any(os.environ.get(name) for name in cluster_env) and int(os.environ.get("SLURM_NTASKS", "2")) > 1:
-        jax.distributed.initialize()
-        return True
-    return False
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return "JAX_COORDINATOR_ADDRESS", int(env.get("JAX_NUM_PROCESSES", "0") or 0)
+    # SLURM: only inside a job *step* (srun sets SLURM_STEP_NODELIST and SLURM_PROCID).
+    if env.get("SLURM_STEP_NODELIST") and env.get("SLURM_PROCID") is not None:
+        tasks = int(env.get("SLURM_STEP_NUM_TASKS") or env.get("SLURM_NTASKS") or 1)
+        if tasks > 1:
+            return "slurm", tasks
+    # Open MPI (mpirun -np N): jax's ompi cluster reads these.
+    if int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1:
+        return "ompi", int(env["OMPI_COMM_WORLD_SIZE"])
+    # TPU pods (GKE sets the worker list in the environment; a single host lists one name).
+    hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    if len(hosts) > 1:
+        return "tpu", len(hosts)
+    if env.get("MEGASCALE_COORDINATOR_ADDRESS"):  # multislice TPU
+        return "megascale", 0
+    return None
+
+
+def maybe_initialize_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                                 process_id: int | None = None, mode: str = "auto", env=None) -> bool:
+    """Start JAX's multi-controller runtime (``jax.distributed``) when the job has several processes.
+
+    ``mode``:
+      - ``"auto"`` (default): explicit flags win (``coordinator`` with ``num_processes`` and
+        ``process_id``); otherwise a multi-process cluster environment (``JAX_COORDINATOR_ADDRESS``,
+        a SLURM step with more than one task, ``mpirun``, a GKE TPU slice with several workers,
+        multislice) is left to ``jax.distributed.initialize()`` to read. A single plain process,
+        a single-host TPU VM, an ``salloc`` shell or a one-task SLURM job starts nothing.
+      - ``"on"``: always ``jax.distributed.initialize()`` (with the flags given, the rest
+        auto-detected by jax: Cloud TPU VM pods read the metadata server; this is what
+        ``launch/tpu_vm.sh`` uses on every worker of a pod slice).
+      - ``"off"``: never.
+
+    CPU collectives (gloo) are switched on first, so multi-process runs on CPU hosts work too;
+    the setting only concerns the CPU backend and is harmless on GPU and TPU.
+    Returns whether it initialised (``False`` also when it already was).
+    """
+    env = os.environ if env is None else env
+    if mode not in ("auto", "on", "off"):
+        raise DistributedError(f"--distributed must be auto, on or off; got {mode!r}")
+    if mode == "off":
+        if coordinator:
+            raise DistributedError("--coordinator_address was given with --distributed=off")
+        return False
+    if jax.distributed.is_initialized():
+        return False
+    if coordinator or num_processes is not None or process_id is not None:
+        missing = [name for name, value in (("--coordinator_address", coordinator),
+                                            ("--num_processes", num_processes),
+                                            ("--process_id", process_id)) if value is None]
+        if missing and mode != "on":
+            raise DistributedError(
+                f"multi-host: give --coordinator_address, --num_processes and --process_id together "
+                f"(missing {', '.join(missing)}), or none of them to read the cluster's environment")
+        if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+            raise DistributedError(f"--process_id={process_id} must be in 0..{num_processes - 1}")
+        if coordinator and ":" not in coordinator:
+            raise DistributedError(f"--coordinator_address={coordinator!r} must be host:port")
+    elif mode == "auto" and _cluster_processes(env) is None:
+        return False
+    _enable_cpu_collectives()
+    jax.distributed.initialize(coordinator, num_processes, process_id)
+    return True
+
+
+def _enable_cpu_collectives() -> None:
+    """Cross-process collectives on the CPU backend (gloo); must precede the first backend use."""
+    if getattr(jax.config, "jax_cpu_collectives_implementation", None) is None:
+        try:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        except (AttributeError, ValueError):  # an old jax: the flag was jax_cpu_enable_gloo_collectives
+            jax.config.update("jax_cpu_enable_gloo_collectives", True)

@@ -103,13 +103,6 @@ def write_metrics(run: Path, records: Iterable[dict[str, Any]]) -> None:
         _atomic_write(Path(run) / "metrics.jsonl", "".join(line + "\n" for line in lines))
 
 
-def append_metrics(run: Path, record: dict[str, Any]) -> None:
-    if is_writer():
-        Path(run).mkdir(parents=True, exist_ok=True)
-        with (Path(run) / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record, sort_keys=True) + "\n")
-
-
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.parent / (path.name + ".tmp")
     tmp.write_text(text)

@@ -27,13 +27,19 @@ class Preempted(Exception):
 
 
 class _StopFlag:
-    """Set by SIGTERM; the loop saves and stops at the next step boundary."""
+    """Set by SIGTERM; the loop saves and stops at the next step boundary.
+
+    Single-process only: under ``jax.distributed`` JAX's preemption sync manager
+    owns SIGTERM and makes every host agree on the step, which the loop reads
+    through Orbax's ``reached_preemption``; a Python handler would replace it and
+    let hosts stop at different steps.
+    """
 
     def __init__(self):
         self.raised = False
 
     def install(self):
-        if hasattr(signal, "SIGTERM"):
+        if hasattr(signal, "SIGTERM") and jax.process_count() == 1:
             signal.signal(signal.SIGTERM, lambda *_: setattr(self, "raised", True))
 
 

@@ -1,0 +1,141 @@
+"""Train-step throughput and MFU of the real sharded train step (``ncjax.train.build_program``).
+
+For each depth: build the L-T11/L-T12 (or L-RN) program exactly as the sweep does (all seeds
+vmapped, jit over the full device mesh), compile it, time ``--steps`` steps after
+``--warmup`` steps, and report steps/s, examples/s, the step's FLOPs and the model FLOP
+utilisation (MFU = FLOPs per step × steps/s ÷ (peak FLOP/s per device × devices)).
+
+FLOPs come from XLA's cost analysis of the compiled step. XLA counts a while-loop body once,
+so with ``scan=True`` the per-depth FLOPs are taken from an unrolled compile at depths 1
+and 2 (``a + b·L``, exact for a stack of identical blocks; remat recomputation is not counted,
+the usual model-FLOPs convention). Peak FLOP/s: ``--peak_tflops`` (e.g. 989 for an H100 SXM
+in bfloat16 dense, 197 for a TPU v5e chip); 0 prints no MFU.
+
+    # the figures of docs/performance.md (one GPU):
+    python benchmarks/gpu_throughput.py --width=768 --heads=12 --depths=12,48,96 --dtype=bfloat16 \\
+        --batch=256 --seeds=1 --peak_tflops=989
+    # a smoke run on CPU:
+    python benchmarks/gpu_throughput.py --width=32 --heads=2 --depths=1,2 --batch=16 --steps=3 --warmup=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncjax import experiment, models, parallel, train
+
+
+def model_config(args, depth: int, scan: bool):
+    c = experiment.base_config()
+    m = c.model
+    m.name, m.depth, m.width, m.num_classes = args.model, depth, args.width, 10
+    m.dtype, m.scan = args.dtype, scan
+    if args.model in ("t11", "t12"):
+        m.num_heads, m.patch_size, m.pooling, m.input = args.heads, args.patch, "cls", "image"
+    else:
+        m.input = "vector"
+    if args.remat:
+        m.remat_policy = args.remat
+    t = c.train
+    t.loss, t.optimizer, t.learning_rate, t.l2, t.batch_size = "ce", args.optimizer, 1e-3, 5e-3, args.batch
+    return m, t
+
+
+def sample(args):
+    shape = (args.batch, args.image, args.image, 1) if args.model in ("t11", "t12") else (args.batch, args.image ** 2)
+    x = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    y = np.random.default_rng(1).integers(0, 10, args.batch).astype(np.int32)
+    return x, y
+
+
+def build(args, depth: int, scan: bool, mesh):
+    m, t = model_config(args, depth, scan)
+    module = models.build(m)
+    x, y = sample(args)
+    program = train.build_program(module, t, depth, x[:1], args.seeds, 1000, mesh)
+    xs = np.broadcast_to(x, (args.seeds, *x.shape)).copy()
+    ys = np.broadcast_to(y, (args.seeds, *y.shape)).copy()
+    xs = jax.device_put(xs, program.batch_sharding(xs.ndim))
+    ys = jax.device_put(ys, program.batch_sharding(ys.ndim))
+    return program, xs, ys
+
+
+def step_flops(args, depth: int, mesh) -> float:
+    """FLOPs of one step (all seeds, all devices together) from XLA's cost analysis."""
+    def flops_of(d, scan):
+        program, xs, ys = build(args, d, scan, mesh)
+        compiled = program.step.lower(program.abstract_state, xs, ys).compile()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        return float(cost.get("flops", 0.0))
+
+    if not args.scan:
+        return flops_of(depth, False)
+    f1, f2 = flops_of(1, False), flops_of(2, False)
+    return f1 + (f2 - f1) * (depth - 1)
+
+
+def measure(args, depth: int, mesh) -> dict:
+    program, xs, ys = build(args, depth, args.scan, mesh)
+    t0 = time.perf_counter()
+    compiled = program.step.lower(program.abstract_state, xs, ys).compile()
+    compile_s = time.perf_counter() - t0
+    state = program.init(jnp.arange(args.seeds, dtype=jnp.uint32))
+    for _ in range(args.warmup):
+        state, aux = compiled(state, xs, ys)
+    jax.block_until_ready(state)
+    t0 = time.perf_counter()
+    for _ in range(args.steps):
+        state, aux = compiled(state, xs, ys)
+    jax.block_until_ready((state, aux))
+    seconds = (time.perf_counter() - t0) / args.steps
+    flops = step_flops(args, depth, mesh)
+    row = dict(model=args.model, depth=depth, width=args.width, dtype=args.dtype, batch=args.batch,
+               seeds=args.seeds, devices=mesh.size, backend=jax.default_backend(),
+               device_kind=jax.devices()[0].device_kind, compile_s=round(compile_s, 2),
+               step_ms=round(seconds * 1e3, 3), steps_per_s=round(1 / seconds, 3),
+               examples_per_s=round(args.batch * args.seeds / seconds, 1), flops_per_step=flops,
+               gflop_per_step=round(flops / 1e9, 3),
+               achieved_tflops=round(flops / seconds / 1e12, 4))
+    if args.peak_tflops > 0:
+        row["mfu"] = round(flops / seconds / (args.peak_tflops * 1e12 * mesh.size), 4)
+    return row
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="t11", choices=("t11", "t12", "rn1", "rn2"))
+    p.add_argument("--width", type=int, default=768)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--patch", type=int, default=7)
+    p.add_argument("--image", type=int, default=28, help="side of the square input image")
+    p.add_argument("--depths", default="12,48,96")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    p.add_argument("--batch", type=int, default=256, help="global batch per seed")
+    p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--optimizer", default="adam", choices=train.OPTIMIZERS)
+    p.add_argument("--remat", default="", help="a jax.checkpoint_policies name; empty: no remat")
+    p.add_argument("--no-scan", dest="scan", action="store_false")
+    p.add_argument("--mesh_data", type=int, default=-1)
+    p.add_argument("--mesh_fsdp", type=int, default=1)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--peak_tflops", type=float, default=0.0, help="peak TFLOP/s of ONE device in --dtype")
+    args = p.parse_args(argv)
+    mesh = parallel.make_mesh(args.mesh_data, args.mesh_fsdp)
+    rows = []
+    for depth in (int(d) for d in args.depths.split(",")):
+        row = measure(args, depth, mesh)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
