@@ -30,6 +30,7 @@ def get_config(arg=None):
     c.train.optimizer = "adam"
     c.train.learning_rate = 0.005
     c.train.l2 = 0.005
+    c.train.schedule = "cosine"  # decays to 0: runs end in a minimum, where collapse is measured
     c.train.l2_schedule = "inverse_depth" if p["model"] == "rn2_inverse" else "constant"
     if p["size"] == "quick":
         c.depths = (1, 2, 4)
@@ -52,6 +53,7 @@ def get_config(arg=None):
         c.seeds = (0, 1, 2, 3, 4)
         c.train.batch_size = 128
         c.train.epochs = 5000
+        c.train.schedule = "constant"  # the paper reports a learning rate, no schedule
         c.checkpoint.every_steps = 50_000
         c.checkpoint.max_to_keep = 3
     return c

@@ -26,11 +26,14 @@ def config(name, **overrides):
     return c
 
 
+def scalar(outputs):
+    """A loss that reaches every output, so the gradients check all of them."""
+    logits, features, blocks = outputs
+    return jnp.sum(jnp.sin(logits)) + jnp.sum(features.astype(jnp.float32) ** 2) + jnp.sum(jnp.tanh(blocks))
+
+
 def loss_fn(module, x):
-    def loss(params):
-        logits, features, blocks = module.apply({"params": params}, x, return_blocks=True)
-        return jnp.sum(jnp.sin(logits)) + jnp.sum(features**2) + jnp.sum(jnp.tanh(blocks))
-    return loss
+    return lambda params: scalar(module.apply({"params": params}, x, return_blocks=True))
 
 
 def random_params(module, x, seed=0):
@@ -46,30 +49,57 @@ def forward_and_grad(module, params, x):
     """Outputs and gradient from one jitted call: eager dispatch or several compiles would dominate the test time."""
     def loss(p):
         out = module.apply({"params": p}, x, return_blocks=True)
-        return loss_fn(module, x)(p), out
+        return scalar(out), out
     grad, out = jax.jit(jax.grad(loss, has_aux=True))(params)
     return out, grad
 
 
-@pytest.mark.parametrize("norm", ["pre", "post"])
-@pytest.mark.parametrize("name", ["rn1", "rn2", "t11", "t12"])
-def test_scanned_equals_unrolled(name, norm):
+REMAT = {"remat_policy": "nothing_saveable", "unroll": 2}
+
+
+# Every model, norm and pooling at least once; remat and scan unrolling on some (each case costs compiles).
+@pytest.mark.parametrize("name, norm, pooling, variants", [
+    ("rn1", "pre", "cls", [{}, REMAT]),
+    ("rn1", "final", "cls", [{"unroll": 3}]),
+    ("rn2", "post", "cls", [{}]),
+    ("t11", "pre", "cls", [{}]),
+    ("t11", "post", "cls", [{}]),
+    ("t12", "pre", "mean", [{"remat_policy": "dots_saveable", "unroll": 2}]),
+])
+def test_scanned_equals_unrolled(name, norm, pooling, variants):
     x = INPUTS[name][1]
-    unrolled = models.build(config(name, norm=norm, scan=False, pooling="mean" if name == "t12" else "cls"))
+    unrolled = models.build(config(name, norm=norm, pooling=pooling, scan=False))
     params = random_params(unrolled, x)
     stacked = models.stack_params(params)
     chex.assert_trees_all_equal(models.unstack_params(stacked), params)
     ref, ref_grad = forward_and_grad(unrolled, params, x)
-    variants = [{}, {"remat_policy": "nothing_saveable", "unroll": 2}] if norm == "pre" else [{"unroll": 3}]
     for overrides in variants:
-        scanned = models.build(config(name, norm=norm, scan=True, pooling="mean" if name == "t12" else "cls",
-                                      **overrides))
+        scanned = models.build(config(name, norm=norm, pooling=pooling, scan=True, **overrides))
         chex.assert_trees_all_equal_shapes(jax.eval_shape(lambda: models.init(scanned, jax.random.key(0), x))["params"],
                                            stacked)
         out, grad = forward_and_grad(scanned, stacked, x)
         chex.assert_trees_all_close(out, ref, rtol=1e-5, atol=1e-5)
         grad = models.unstack_params(grad)
         chex.assert_trees_all_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["rn1", "t11"])
+def test_two_level_remat_equals_unrolled(name):
+    """remat_group regroups the scan as 3 × 2 blocks but keeps the [L, ...] parameter layout."""
+    x = INPUTS[name][1]
+    unrolled = models.build(config(name, depth=6, scan=False))
+    params = random_params(unrolled, x)
+    ref, ref_grad = forward_and_grad(unrolled, params, x)
+    grouped = models.build(config(name, depth=6, remat_policy="nothing_saveable", remat_group=2))
+    stacked = models.stack_params(params)
+    chex.assert_trees_all_equal_shapes(jax.eval_shape(lambda: models.init(grouped, jax.random.key(0), x))["params"],
+                                       stacked)
+    out, grad = forward_and_grad(grouped, stacked, x)
+    chex.assert_trees_all_close(out, ref, rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(models.unstack_params(grad), ref_grad, rtol=1e-4, atol=1e-5)
+    specs = models.logical_specs(grouped, x)["params"]["blocks"]
+    for spec in jax.tree.leaves(specs, is_leaf=lambda s: isinstance(s, jax.sharding.PartitionSpec)):
+        assert spec[0] == "layers" and "layers" not in spec[1:]
 
 
 @pytest.mark.parametrize("name", ["rn1", "t11"])
@@ -91,17 +121,17 @@ def test_blocks_are_the_unrolled_block_outputs(name):
 def test_shapes_and_dtypes(name, dtype):
     x = INPUTS[name][1]
     module = models.build(config(name, dtype=dtype))
-    variables = models.init(module, jax.random.key(0), x)
-    apply = jax.jit(module.apply, static_argnames="return_blocks")
-    chex.assert_trees_all_equal_dtypes(variables, jax.tree.map(lambda p: np.zeros((), np.float32), variables))
-    logits, features, blocks = apply(variables, x, return_blocks=True)
+    shapes = jax.eval_shape(lambda: models.init(module, jax.random.key(0), x))
+    chex.assert_trees_all_equal_dtypes(shapes, jax.tree.map(lambda p: np.zeros((), np.float32), shapes))
+    variables = {"params": random_params(module, x)}
+    both = jax.jit(lambda v: (module.apply(v, x, return_blocks=True), module.apply(v, x)))
+    (logits, features, blocks), (logits2, features2) = both(variables)
     chex.assert_shape(logits, (4, 5))
     chex.assert_shape(features, (4, 16))
     chex.assert_shape(blocks, (3, 4, 16))
     chex.assert_type(logits, jnp.float32)
     chex.assert_type([features, blocks], jnp.dtype(dtype))
     chex.assert_tree_all_finite((logits, features, blocks))
-    logits2, features2 = apply(variables, x)
     chex.assert_trees_all_equal((logits2, features2), (logits, features))
     w, b = models.classifier_weights(variables["params"])
     chex.assert_shape([w, b], [(5, 16), (5,)])
@@ -201,6 +231,7 @@ def test_logical_axis_names(name):
     ("init_scale", 0.0, "model.init_scale"),
     ("dtype", "float64", "model.dtype='float64'"),
     ("unroll", 0, "model.unroll=0"),
+    ("remat_group", 2, "model.remat_group=2 needs scan=True, a remat_policy"),
 ])
 def test_bad_config_raises(field, value, message):
     c = config("t11")

@@ -18,6 +18,12 @@ vectors that enter the classifier (after pooling, final LayerNorm and the linear
 head); ``blocks`` [L, B, d] every block's output (transformers: pooled like the
 features, before the final LayerNorm and head). ``train`` is accepted by every
 model and has no effect yet (no dropout or batch statistics).
+
+Depth knobs (config): ``scan`` (one traced block; False unrolls L blocks),
+``unroll`` (blocks per scan iteration), ``remat_policy`` (a jax.checkpoint_policies
+name: recompute each block in the backward pass), ``remat_group`` (also recompute
+groups of k blocks: ~L/k + k saved carries). None of them changes the parameters:
+scanned params are always ``blocks`` with a leading 'layers' axis [L, ...].
 """
 
 from __future__ import annotations
@@ -44,7 +50,8 @@ def build(c: ml_collections.ConfigDict) -> nn.Module:
     common = dict(depth=c.depth, width=c.width, num_classes=c.num_classes, two_layer=c.name in ("rn2", "t12"),
                   mlp_dim=c.mlp_dim, activation=c.activation, norm=c.norm, use_bias=c.use_bias,
                   classifier_bias=c.classifier_bias, head_depth=c.head_depth, init_scale=c.init_scale,
-                  dtype=jnp.dtype(c.dtype), scan=c.scan, unroll=c.unroll, remat_policy=c.remat_policy)
+                  dtype=jnp.dtype(c.dtype), scan=c.scan, unroll=c.unroll, remat_policy=c.remat_policy,
+                  remat_group=c.remat_group)
     if c.name in RESNETS:
         return ResNet(**common)
     return Transformer(**common, num_heads=c.num_heads, pooling=c.pooling, input=c.input,

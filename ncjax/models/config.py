@@ -50,6 +50,9 @@ def default_config() -> ml_collections.ConfigDict:
     c.scan = True  # nn.scan over blocks (compile time independent of depth)
     c.unroll = 1  # blocks per scan iteration
     c.remat_policy = config_dict.placeholder(str)  # None = no remat, else a jax.checkpoint_policies name
+    # With scan and a remat_policy: also rematerialise groups of this many blocks (must divide depth);
+    # memory ~ depth/remat_group + remat_group block carries for one more forward pass. None = off.
+    c.remat_group = config_dict.placeholder(int)
     return c
 
 
@@ -85,6 +88,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _positive("mlp_dim", c.mlp_dim)
     if c.remat_policy is not None:
         _choice("remat_policy", c.remat_policy, REMAT_POLICIES)
+    if c.remat_group is not None:
+        _positive("remat_group", c.remat_group)
+        if c.depth % c.remat_group or not c.scan or c.remat_policy is None:
+            raise ValueError(f"model.remat_group={c.remat_group} needs scan=True, a remat_policy and a depth "
+                             f"divisible by it (depth={c.depth}, scan={c.scan}, remat_policy={c.remat_policy!r})")
     if fam == "t":
         _positive("num_heads", c.num_heads)
         if c.width % c.num_heads:

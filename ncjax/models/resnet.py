@@ -61,6 +61,7 @@ class ResNet(nn.Module):
     scan: bool
     unroll: int
     remat_policy: str | None
+    remat_group: int | None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_blocks: bool = False):
@@ -70,6 +71,7 @@ class ResNet(nn.Module):
                   dtype=self.dtype, name="embed")(x)
         h, blocks = run_blocks(
             ResBlock, h, depth=self.depth, scan=self.scan, unroll=self.unroll, remat_policy=self.remat_policy,
+            remat_group=self.remat_group,
             width=self.width, mlp_dim=(self.mlp_dim or self.width) if self.two_layer else None,
             activation=self.activation, norm=self.norm, use_bias=self.use_bias, init_scale=self.init_scale,
             dtype=self.dtype)

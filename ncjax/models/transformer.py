@@ -107,6 +107,7 @@ class Transformer(nn.Module):
     scan: bool
     unroll: int
     remat_policy: str | None
+    remat_group: int | None
 
     def _embed(self, x: jax.Array) -> jax.Array:
         if self.input == "image":
@@ -145,7 +146,8 @@ class Transformer(nn.Module):
         h = self._embed(x)
         h, blocks = run_blocks(
             TransformerBlock, h, depth=self.depth, scan=self.scan, unroll=self.unroll,
-            remat_policy=self.remat_policy, width=self.width, num_heads=self.num_heads,
+            remat_policy=self.remat_policy, remat_group=self.remat_group, width=self.width,
+            num_heads=self.num_heads,
             mlp_dim=(self.mlp_dim or self.width) if self.two_layer else None, activation=self.activation,
             norm=self.norm, pooling=self.pooling, use_bias=self.use_bias, init_scale=self.init_scale,
             dtype=self.dtype)
