@@ -245,3 +245,22 @@ def test_bad_inputs_raise():
         models.init(models.build(config("t11")), jax.random.key(0), np.zeros((1, 6, 6, 1), np.float32))
     with pytest.raises(ValueError, match="max_len=10"):
         models.init(models.build(config("t12")), jax.random.key(0), np.zeros((1, 11), np.int32))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_token_padding_changes_nothing(pooling):
+    """Id 0 is padding: more of it (a longer padded batch) leaves logits and features unchanged."""
+    c = models.default_config()
+    c.update(name="t11", depth=2, width=16, num_heads=2, input="tokens", vocab_size=20, max_len=12,
+             pooling=pooling, num_classes=3)
+    module = models.build(c)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(1, 20, size=(3, 5)).astype(np.int32)
+    tokens[1, 3:] = 0  # one sequence shorter than the others
+    short = np.pad(tokens, ((0, 0), (0, 1)))
+    long = np.pad(tokens, ((0, 0), (0, 6)))
+    variables = models.init(module, jax.random.key(0), jnp.asarray(short))
+    out_short = module.apply(variables, jnp.asarray(short))
+    out_long = module.apply(variables, jnp.asarray(long))
+    for a, b in zip(out_short, out_long):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)

@@ -13,9 +13,15 @@ from ncjax.models.layers import ACTIVATIONS, Head, dense, kernel_init, layer_nor
 from ncjax.models.stack import run_blocks
 
 
-def pool(h: jax.Array, pooling: str) -> jax.Array:
-    """[B, T, d] → [B, d]: the CLS token (prepended at position 0) or the mean over tokens."""
-    return h[:, 0] if pooling == "cls" else jnp.mean(h, axis=1)
+PAD_TOKEN = 0  # token id 0 is padding: masked out of attention and of mean pooling
+
+
+def pool(h: jax.Array, pooling: str, valid: jax.Array) -> jax.Array:
+    """[B, T, d] → [B, d]: the CLS token (prepended at position 0) or the mean over valid tokens."""
+    if pooling == "cls":
+        return h[:, 0]
+    weights = valid.astype(h.dtype)[..., None]
+    return jnp.sum(h * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1)
 
 
 class SelfAttention(nn.Module):
@@ -27,7 +33,7 @@ class SelfAttention(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
         d = x.shape[-1]
         shape = (self.num_heads, d // self.num_heads)
 
@@ -36,7 +42,8 @@ class SelfAttention(nn.Module):
                                    kernel_init=kernel_init(self.init_scale, ("embed", "heads", "kv")),
                                    bias_init=zeros(("heads", "kv")), name=name)(x)
 
-        y = nn.dot_product_attention(proj("query"), proj("key"), proj("value"), dtype=self.dtype)
+        y = nn.dot_product_attention(proj("query"), proj("key"), proj("value"), dtype=self.dtype,
+                                     mask=valid[:, None, None, :])
         return nn.DenseGeneral(d, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
                                kernel_init=kernel_init(self.init_scale, ("heads", "kv", "embed")),
                                bias_init=zeros(("embed",)), name="out")(y)
@@ -65,24 +72,26 @@ class TransformerBlock(nn.Module):
         return dense(self.width, ("mlp", "embed"), name="linear_2", **common)(u)
 
     @nn.compact
-    def __call__(self, h: jax.Array, _) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, carry: tuple[jax.Array, jax.Array], _) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
+        h, valid = carry  # valid [B, T]: the padding mask rides along the scan's carry
         attn = SelfAttention(self.num_heads, self.use_bias, self.init_scale, self.dtype, name="attention")
         norm_1 = layer_norm(use_bias=self.use_bias, dtype=self.dtype, name="norm_1")
         norm_2 = layer_norm(use_bias=self.use_bias, dtype=self.dtype, name="norm_2")
         if self.norm == "pre":
-            h = h + attn(norm_1(h))
+            h = h + attn(norm_1(h), valid)
             h = h + self._mlp(norm_2(h))
         else:
-            h = norm_1(h + attn(h))
+            h = norm_1(h + attn(h, valid))
             h = norm_2(h + self._mlp(h))
-        return h, pool(h, self.pooling)
+        return (h, valid), pool(h, self.pooling, valid)
 
 
 class Transformer(nn.Module):
     """L-T11 (``two_layer=False``) / L-T12.
 
     ``input='image'``: float [B, H, W, C] cut into ``patch_size`` squares, each
-    flattened and embedded linearly. ``input='tokens'``: int [B, T], T ≤ ``max_len``.
+    flattened and embedded linearly. ``input='tokens'``: int [B, T], T ≤ ``max_len``,
+    id 0 (``PAD_TOKEN``) is padding, ignored by attention and mean pooling.
     Both get learned positions; ``pooling='cls'`` prepends a learned CLS token.
     """
 
@@ -109,7 +118,8 @@ class Transformer(nn.Module):
     remat_policy: str | None
     remat_group: int | None
 
-    def _embed(self, x: jax.Array) -> jax.Array:
+    def _embed(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Embedded tokens [B, T, d] and their validity mask [B, T]."""
         if self.input == "image":
             b, hgt, wid, c = x.shape
             p = self.patch_size
@@ -121,6 +131,7 @@ class Transformer(nn.Module):
             h = dense(self.width, ("input", "embed"), use_bias=self.use_bias, init_scale=self.init_scale,
                       dtype=self.dtype, name="embed")(x)
             num_positions = h.shape[1]
+            valid = jnp.ones(h.shape[:2], bool)
         else:
             if x.shape[1] > self.max_len:
                 raise ValueError(f"sequence length {x.shape[1]} exceeds model.max_len={self.max_len}; "
@@ -131,6 +142,7 @@ class Transformer(nn.Module):
             h = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=jnp.float32,
                          embedding_init=table, name="embed")(x)
             num_positions = self.max_len
+            valid = x != PAD_TOKEN
         positions = self.param("positions", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
                                (num_positions, self.width), jnp.float32)
         h = h + positions[: h.shape[1]].astype(self.dtype)
@@ -138,14 +150,15 @@ class Transformer(nn.Module):
             cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
                              (self.width,), jnp.float32)
             h = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (h.shape[0], 1, self.width)), h], axis=1)
-        return h
+            valid = jnp.concatenate([jnp.ones((h.shape[0], 1), bool), valid], axis=1)
+        return h, valid
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_blocks: bool = False):
         del train  # no stochastic or batch-dependent layers; kept for one signature across models
-        h = self._embed(x)
-        h, blocks = run_blocks(
-            TransformerBlock, h, depth=self.depth, scan=self.scan, unroll=self.unroll,
+        h, valid = self._embed(x)
+        (h, _), blocks = run_blocks(
+            TransformerBlock, (h, valid), depth=self.depth, scan=self.scan, unroll=self.unroll,
             remat_policy=self.remat_policy, remat_group=self.remat_group, width=self.width,
             num_heads=self.num_heads,
             mlp_dim=(self.mlp_dim or self.width) if self.two_layer else None, activation=self.activation,
@@ -153,5 +166,5 @@ class Transformer(nn.Module):
             dtype=self.dtype)
         logits, features = Head(self.num_classes, self.head_depth, final_norm=self.norm == "pre",
                                 use_bias=self.use_bias, classifier_bias=self.classifier_bias,
-                                init_scale=self.init_scale, dtype=self.dtype, name="head")(pool(h, self.pooling))
+                                init_scale=self.init_scale, dtype=self.dtype, name="head")(pool(h, self.pooling, valid))
         return (logits, features, blocks) if return_blocks else (logits, features)
