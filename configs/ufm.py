@@ -1,45 +1,30 @@
 """The unconstrained features model alone: solver against closed form over K, d and λ (docs/ufm.md).
 
-    configs/ufm.py                      # CE, LayerNorm-constrained features, with bias
-    configs/ufm.py:mse,free,nobias      # the classical MSE UFM without bias (orthogonal frame)
-    configs/ufm.py:quick                # one K, one d, one λ: seconds
+    python -m ncjax.main --config=configs/ufm.py                  # CE, LayerNorm features, with bias
+    python -m ncjax.main --config=configs/ufm.py:mse,free,nobias  # the classical MSE UFM (orthogonal frame)
+    python -m ncjax.main --config=configs/ufm.py:quick            # one K, one d, one λ: seconds
 
 The argument after ':' is a comma-separated list of presets: a size (``quick``
 or ``default``), a loss (``ce`` or ``mse``), features (``layernorm``,
-``sphere`` or ``free``) and ``bias`` / ``nobias``. ``ncjax.ufm.sweep(config)``
-returns one record per (K, d, λ, seed). Any value can then be overridden,
+``sphere`` or ``free``) and ``bias`` / ``nobias``. The workdir gets config.json,
+metrics.jsonl (one line per K, d, λ, seed), summary.csv and ufm_vs_l2.png. Any value can then be overridden,
 e.g. ``--config.l2s='(1e-3,1e-2)'``.
 """
 
 import ml_collections
 from ml_collections import config_dict
 
-SIZES = ("quick", "default")
-LOSSES = ("ce", "mse")
-FEATURES = ("layernorm", "sphere", "free")
-BIASES = ("bias", "nobias")
+from ncjax import experiment
 
-
-def parse(arg):
-    """Split 'mse,free,nobias' into (size, loss, features, bias); unknown words are an error."""
-    size, loss, features, bias = "default", "ce", "layernorm", "bias"
-    for word in filter(None, (arg or "").split(",")):
-        if word in SIZES:
-            size = word
-        elif word in LOSSES:
-            loss = word
-        elif word in FEATURES:
-            features = word
-        elif word in BIASES:
-            bias = word
-        else:
-            raise ValueError(f"unknown preset {word!r} in {arg!r}; valid: {', '.join(SIZES + LOSSES + FEATURES + BIASES)}")
-    return size, loss, features, bias
+PRESETS = {"size": ("default", "quick"), "loss": ("ce", "mse"), "features": ("layernorm", "sphere", "free"),
+           "bias": ("bias", "nobias")}
 
 
 def get_config(arg=None):
-    size, loss, features, bias = parse(arg)
+    p = experiment.parse_presets(arg, PRESETS)
+    size, loss, features, bias = p["size"], p["loss"], p["features"], p["bias"]
     c = ml_collections.ConfigDict()
+    c.kind = "ufm"  # python -m ncjax.main runs the UFM sweep (ncjax.ufm_sweep), not a depth sweep
     c.name = f"ufm_{loss}_{features}_{bias}" + ("_quick" if size == "quick" else "")
     c.loss = loss
     c.features = features  # layernorm: 1ᵀh = 0, ‖h‖ = r | sphere: ‖h‖ = r | free: + λ_H·mean‖h‖²
@@ -54,5 +39,5 @@ def get_config(arg=None):
     c.seeds = (0,) if size == "quick" else (0, 1)
     c.samples_per_class = 2  # > 1, so that the solver shows within-class collapse (NC1)
     c.restarts = 4  # random starts per seed; the best is reported
-    c.steps = 5000  # full-batch Adam steps
+    c.steps = 20000  # full-batch Adam steps
     return c

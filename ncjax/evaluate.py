@@ -12,6 +12,7 @@ test split (loss and accuracy). Nothing is held beyond a batch.
 
 from __future__ import annotations
 
+import re
 import sys
 from typing import Any
 
@@ -21,15 +22,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from ncjax import collapse, data, models, objective, parallel
+from ncjax import collapse, data, models, objective, parallel, ufm
 
 
 class Evaluator:
     """Metrics of one model's parameters on one data set (one seed at a time)."""
 
     def __init__(self, module: nn.Module, dataset: data.Dataset, train_config: ml_collections.ConfigDict,
-                 l2: float, mesh: jax.sharding.Mesh, batch_size: int):
+                 l2: float, mesh: jax.sharding.Mesh, batch_size: int, layernorm_features: bool = True):
         self.module, self.dataset, self.c, self.l2, self.mesh = module, dataset, train_config, l2, mesh
+        self.layernorm = layernorm_features
         self.batch_size = batch_size
         k = dataset.num_classes
 
@@ -65,6 +67,22 @@ class Evaluator:
         self._loss_step = jax.jit(loss_step, donate_argnums=1)
         self._num_classes = k
 
+    def _against_ufm(self, stats, train_loss, weight, bias) -> dict[str, float]:
+        """Distance and objective gap of the last layer to the UFM optimum (docs/ufm.md).
+
+        The features entering the classifier are a LayerNorm's output unless a
+        linear head follows it. NaN where the UFM has no optimum of this width (K > d).
+        """
+        spared = any(re.search(p, "head/classifier/bias") for p in self.c.l2_exclude)
+        try:
+            model = ufm.trained_ufm(stats, loss=self.c.loss, l2=self.l2, bias=bias is not None,
+                                    l2_bias=0.0 if spared else None, layernorm=self.layernorm,
+                                    mse_target_scale=self.c.mse_target_scale)
+            return dict(ufm_gap=ufm.last_layer_gap(train_loss, weight, bias, model),
+                        ufm_distance=ufm.optimum_distance(stats.mean, weight, model, counts=stats.count))
+        except ValueError:
+            return dict(ufm_gap=float("nan"), ufm_distance=float("nan"))
+
     def _batches(self, x, y):
         for xb, yb in data.eval_batches(x, y, self.batch_size, jax.process_index(), jax.process_count()):
             yield (jax.make_array_from_process_local_data(parallel.batch_sharding(self.mesh, xb.ndim), xb),
@@ -96,6 +114,7 @@ class Evaluator:
         )
         out.update({name: float(v) for name, v in collapse.metrics(stats, weight, bias).items()})
         out["nc4"] = counts[0] / counts[1]
+        out.update(self._against_ufm(stats, out["train_loss"], weight, bias))
         out["nc1_per_block"] = [float(v) for v in collapse.metrics(block_stats)["nc1"]]
         if ds.test_x is not None:
             test = jnp.zeros(3, jnp.float32)

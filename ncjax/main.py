@@ -19,7 +19,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from ncjax import cli, parallel, sweep
+from ncjax import cli, parallel, sweep, ufm_sweep
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:preset]).",
                                           lock_config=True)
@@ -46,9 +46,12 @@ def _main(argv: list[str]) -> None:
     def job():
         parallel.maybe_initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                               mode=_DISTRIBUTED.value)
-        sweep.run(config, workdir)
+        if config.get("kind") == "ufm":
+            ufm_sweep.run(config, workdir)
+        else:
+            sweep.run(config, workdir)
         if jax.process_index() == 0:
-            print(f"done: {workdir}/summary.csv and {workdir}/nc_vs_depth.png", file=sys.stderr)
+            print(f"done: results in {workdir} (summary.csv and the plot)", file=sys.stderr)
 
     sys.exit(cli.run_guarded(job))
 

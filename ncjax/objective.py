@@ -24,7 +24,7 @@ def per_example_loss(
     ``ce``: softmax cross-entropy. ``mse``: ½‖z − s·onehot(y)‖², the convention
     of the unconstrained-features literature (s = ``mse_target_scale``).
     """
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))  # bf16 → f32, f64 stays
     if kind == "ce":
         return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     if kind == "mse":

@@ -17,10 +17,11 @@ import numpy as np
 
 from ncjax import records
 
-PLOTTED = ("nc1", "nc1_quotient", "cdnv", "nc2_etf", "nc2_equinorm", "nc2_equiangle", "nc3")
+PLOTTED = ("nc1", "nc1_quotient", "cdnv", "nc2_etf", "nc2_equinorm", "nc2_equiangle", "nc3", "ufm_distance",
+           "ufm_gap")
 COLUMNS = ("kind", "depth", "seed", "step", "epoch", "train_loss", "l2_penalty", "objective",
            "train_accuracy", "test_accuracy", "nc1", "nc1_quotient", "cdnv", "nc2_equinorm",
-           "nc2_equiangle", "nc2_etf", "nc2_etf_w", "nc3", "nc4")
+           "nc2_equiangle", "nc2_etf", "nc2_etf_w", "nc3", "nc4", "ufm_distance", "ufm_gap")
 METRICS = COLUMNS[10:]
 
 

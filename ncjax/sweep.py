@@ -87,7 +87,8 @@ class DepthRun:
             checkpoints.RunCheckpoints(r, config.checkpoint.every_steps, config.checkpoint.max_to_keep)
             for r in self.runs
         ]
-        self.evaluator = evaluate.Evaluator(self.module, dataset, t, self.l2, mesh, config.eval_batch_size)
+        self.evaluator = evaluate.Evaluator(self.module, dataset, t, self.l2, mesh, config.eval_batch_size,
+                                            layernorm_features=config.model.head_depth == 0)
 
     # ---------------------------------------------------------------- state
 

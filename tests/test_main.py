@@ -17,7 +17,7 @@ QUICK = ["--config=configs/vit_depth.py:quick", "--config.train.steps=40", "--co
          "--config.progress=False", "--config.data.n_per_class=24"]
 METRIC_KEYS = {"step", "epoch", "depth", "seed", "train_loss", "l2_penalty", "train_accuracy", "test_accuracy",
                "nc1", "nc1_quotient", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc2_etf", "nc2_etf_w", "nc3",
-               "nc4", "nc1_per_block"}
+               "nc4", "nc1_per_block", "ufm_gap", "ufm_distance"}
 
 
 def ncjax(*args, module="ncjax.main", check=None):
