@@ -36,28 +36,12 @@ def get_config(arg=None):
         c.data.max_len = 256
     else:
         c.data.source = "synthetic_sequences"
-    if p["size"] == "quick":
-        c.depths = (1, 2, 4)
-        c.seeds = (0, 1)
-        c.data.n_per_class = 100
-        c.data.max_len = 64
-        c.train.batch_size = 64
-        c.train.steps = 60
-        c.checkpoint.every_steps = 30
-        c.log_every_steps = 10
-    elif p["size"] == "default":
+    if p["size"] == "default":
         c.depths = (2, 3, 5, 8)
         c.seeds = (0, 1)
         c.data.n_per_class = 500
         c.train.batch_size = 128
         c.train.epochs = 40
         c.checkpoint.every_steps = 500
-    else:
-        c.depths = (2, 3, 5, 8, 13, 21, 34)
-        c.seeds = (0, 1, 2, 3, 4)
-        c.train.batch_size = 128
-        c.train.epochs = 5000
-        c.train.schedule = "constant"  # the paper reports a learning rate, no schedule
-        c.checkpoint.every_steps = 50_000
-        c.checkpoint.max_to_keep = 3
+    experiment.apply_size(c, p["size"])
     return c

@@ -32,28 +32,14 @@ def get_config(arg=None):
     c.train.l2 = 0.005
     c.train.schedule = "cosine"  # decays to 0: runs end in a minimum, where collapse is measured
     c.train.l2_schedule = "inverse_depth" if p["arch"] == "t12" else "constant"
-    if p["size"] == "quick":
-        c.depths = (1, 2, 4)
-        c.seeds = (0, 1)
-        c.data.n_per_class = 40
-        c.train.batch_size = 64
-        c.train.steps = 60
-        c.checkpoint.every_steps = 30
-        c.log_every_steps = 10
-    elif p["size"] == "default":
+    if p["size"] == "default":
         c.depths = (2, 3, 5, 8)
         c.seeds = (0, 1)
         c.data.n_per_class = 100
         c.train.batch_size = 128
         c.train.epochs = 100
         c.checkpoint.every_steps = 350
-    else:  # paper: the settings table of science.md §2
+    elif p["size"] == "paper":
         c.data.source = "tfds:mnist"
-        c.depths = (2, 3, 5, 8, 13, 21, 34)
-        c.seeds = (0, 1, 2, 3, 4)
-        c.train.batch_size = 128
-        c.train.epochs = 5000
-        c.train.schedule = "constant"  # the paper reports a learning rate, no schedule
-        c.checkpoint.every_steps = 50_000
-        c.checkpoint.max_to_keep = 3
+    experiment.apply_size(c, p["size"])
     return c

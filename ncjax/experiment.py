@@ -103,3 +103,27 @@ def parse_presets(arg: str | None, groups: dict[str, tuple[str, ...]]) -> dict[s
             raise ConfigError(f"unknown preset {word!r} in {arg!r}; valid presets: {valid}")
         chosen[group] = word
     return chosen
+
+
+PAPER_DEPTHS = (2, 3, 5, 8, 13, 21, 34)
+
+
+def apply_size(c: ml_collections.ConfigDict, size: str) -> None:
+    """The sizes every depth config shares: ``quick`` (≤ 2 min on a CPU, for tests and Colab)
+    and ``paper`` (the settings table of science.md §2). ``default`` is each config's own."""
+    if size == "quick":
+        c.depths = (1, 2, 4)
+        c.seeds = (0, 1)
+        c.data.n_per_class = 40
+        c.train.batch_size = 64
+        c.train.steps = 60
+        c.checkpoint.every_steps = 30
+        c.log_every_steps = 10
+    elif size == "paper":
+        c.depths = PAPER_DEPTHS
+        c.seeds = (0, 1, 2, 3, 4)
+        c.train.batch_size = 128
+        c.train.epochs = 5000
+        c.train.schedule = "constant"  # the paper reports a learning rate, no schedule
+        c.checkpoint.every_steps = 50_000
+        c.checkpoint.max_to_keep = 3

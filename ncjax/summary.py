@@ -111,7 +111,14 @@ def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     seeds = len({r["seed"] for r in rows})
     ax.set_title(f"{title}: mean over {seeds} seed(s), band = min–max")
     ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> None:
+    """Write a matplotlib figure as PNG to a local or ``gs://`` path, and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.axes[0].grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     with Path(path).open("wb") as f:
         fig.savefig(f, format="png")

@@ -15,7 +15,7 @@ from collections import defaultdict
 import ml_collections
 from etils.epath import Path
 
-from ncjax import records, ufm
+from ncjax import records, summary, ufm
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
@@ -55,8 +55,4 @@ def plot(rows, path: Path, title: str) -> None:
     ax.set_ylabel("optimal UFM objective (circles: solver)")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    with Path(path).open("wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+    summary.save_figure(fig, path)
