@@ -8,10 +8,10 @@ is saved next to the state, so a resumed run continues the exact data order.
 
 from __future__ import annotations
 
-from etils.epath import Path
 from typing import Any
 
 import orbax.checkpoint as ocp
+from etils.epath import Path
 
 
 class CheckpointError(RuntimeError):

@@ -38,16 +38,19 @@ class Evaluator:
         def forward(params, x):
             return module.apply({"params": params}, x, train=False, return_blocks=True)
 
-        def stats_step(params, stats, block_stats, sums, x, y):
-            logits, features, blocks = forward(params, x)
+        def loss_sums(logits, y):
+            """[Σ loss, Σ correct, count] over the valid (non-padding) rows."""
             valid = (y >= 0).astype(jnp.float32)
             loss = objective.per_example_loss(logits, jnp.maximum(y, 0), train_config.loss,
                                               train_config.mse_target_scale)
             correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-            sums = sums + jnp.stack([jnp.sum(loss * valid), jnp.sum(correct * valid), jnp.sum(valid)])
+            return jnp.stack([jnp.sum(loss * valid), jnp.sum(correct * valid), jnp.sum(valid)])
+
+        def stats_step(params, stats, block_stats, sums, x, y):
+            logits, features, blocks = forward(params, x)
             stats = collapse.update(stats, features.astype(jnp.float32), y)
             block_stats = collapse.update(block_stats, blocks.astype(jnp.float32), y)
-            return stats, block_stats, sums
+            return stats, block_stats, sums + loss_sums(logits, y)
 
         def nc4_step(params, stats, counts, x, y):
             _, features, _ = forward(params, x)
@@ -56,11 +59,7 @@ class Evaluator:
 
         def loss_step(params, sums, x, y):
             logits, _, _ = forward(params, x)
-            valid = (y >= 0).astype(jnp.float32)
-            loss = objective.per_example_loss(logits, jnp.maximum(y, 0), train_config.loss,
-                                              train_config.mse_target_scale)
-            correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
-            return sums + jnp.stack([jnp.sum(loss * valid), jnp.sum(correct * valid), jnp.sum(valid)])
+            return sums + loss_sums(logits, y)
 
         self._stats_step = jax.jit(stats_step, donate_argnums=(1, 2, 3))
         self._nc4_step = jax.jit(nc4_step, donate_argnums=2)

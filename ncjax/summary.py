@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import io
 import math
-from etils.epath import Path
 from typing import Any
 
 import numpy as np
+from etils.epath import Path
 
 from ncjax import records
 

@@ -10,16 +10,26 @@ from __future__ import annotations
 
 import signal
 import sys
-from etils.epath import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from etils.epath import Path
 from tqdm import tqdm
 
-from ncjax import checkpoints, data, evaluate, experiment, models, parallel, records, summary, train
+from ncjax import (
+    checkpoints,
+    data,
+    evaluate,
+    experiment,
+    models,
+    parallel,
+    records,
+    summary,
+    train,
+)
 
 
 class Preempted(Exception):

@@ -4,10 +4,11 @@
 import jax
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from nc_reference import reference_metrics
 
 from ncjax import collapse
-from nc_reference import reference_metrics
 
 ALL = ("nc1", "nc1_quotient", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc2_etf", "nc2_etf_w", "nc3", "nc4")
 

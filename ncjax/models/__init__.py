@@ -30,9 +30,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 import ml_collections
 
 from ncjax.models.config import RESNETS, default_config, validate

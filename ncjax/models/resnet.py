@@ -5,9 +5,9 @@ layers, then the head. Images are flattened, so the model takes any vector data.
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from ncjax.models.layers import ACTIVATIONS, Head, dense, layer_norm
 from ncjax.models.stack import run_blocks

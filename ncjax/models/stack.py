@@ -13,9 +13,9 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 SCANNED = "blocks"
 _UNROLLED = re.compile(r"^blocks_(\d+)$")

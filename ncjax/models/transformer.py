@@ -5,13 +5,12 @@ post-LN, on image patches or on token sequences, pooled by a CLS token or a mean
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
 from ncjax.models.layers import ACTIVATIONS, Head, dense, kernel_init, layer_norm, zeros
 from ncjax.models.stack import run_blocks
-
 
 PAD_TOKEN = 0  # token id 0 is padding: masked out of attention and of mean pooling
 
