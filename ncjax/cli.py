@@ -23,6 +23,7 @@ USER_ERRORS = (
     checkpoints.CheckpointError,
     parallel.MeshError,
     ValueError,
+    OSError,  # a path the user gave that cannot be read or written
 )
 
 

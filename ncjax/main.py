@@ -39,7 +39,7 @@ def _main(argv: list[str]) -> None:
         sys.exit(cli.fail(f"unexpected arguments {argv[1:]}; give options as --name=value"))
     if _CONFIG.value is None:
         sys.exit(cli.fail("--config is required, e.g. --config=configs/vit_depth.py"))
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # TFDS/Orbax chatter would bury the one-line errors
     config = _CONFIG.value
     workdir = _WORKDIR.value or f"runs/{config.name}"
 

@@ -55,6 +55,8 @@ def claim_workdir(workdir: Path | str, config: dict[str, Any]) -> None:
     A workdir that holds a run of a different config is refused (nothing is
     overwritten), so resuming can never mix two experiments.
     """
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise WorkdirError(f"--workdir={workdir} is a file, not a folder; give a new or an existing run folder")
     path = Path(workdir) / "config.json"
     config = json.loads(json.dumps(config))  # tuples → lists, as stored
     if path.exists():

@@ -84,10 +84,6 @@ class DepthRun:
         self.seeds = list(config.seeds)
         self.module = models.build(depth_model_config(config, depth))
         self.steps_per_epoch = data.steps_per_epoch(len(dataset.train_y), t.batch_size)
-        if self.steps_per_epoch < 1:
-            raise experiment.ConfigError(
-                f"train.batch_size={t.batch_size} exceeds the {len(dataset.train_y)} training examples"
-            )
         self.total_steps = t.steps or t.epochs * self.steps_per_epoch
         self.l2 = train.l2_coefficient(t, depth)
         self.program = train.build_program(
@@ -241,18 +237,28 @@ def _writers(runs):
     return [SummaryWriter(str(r / "tensorboard")) for r in runs]
 
 
+def preflight(config, dataset: data.Dataset, mesh) -> None:
+    """Fail on what only the data and devices reveal, before anything is written."""
+    if config.train.batch_size % mesh.size or config.eval_batch_size % mesh.size:
+        raise experiment.ConfigError(
+            f"train.batch_size={config.train.batch_size} and eval_batch_size={config.eval_batch_size} "
+            f"must be divisible by the {mesh.size} devices of the mesh")
+    if config.train.batch_size > len(dataset.train_y):
+        raise experiment.ConfigError(
+            f"train.batch_size={config.train.batch_size} exceeds the {len(dataset.train_y)} training examples")
+    module = models.build(depth_model_config(config, min(config.depths)))
+    jax.eval_shape(module.init, jax.random.key(0), dataset.train_x[:1])  # shape errors, e.g. patch size
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     """Train (or resume) the whole sweep, then write summary.csv and nc_vs_depth.png."""
     workdir = Path(workdir)
     experiment.validate(config)
     dataset = data.load(config.data, seed=0)
     config = resolve(config, dataset)
-    records.claim_workdir(workdir, config.to_dict())
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-    if config.train.batch_size % mesh.size or config.eval_batch_size % mesh.size:
-        raise experiment.ConfigError(
-            f"train.batch_size={config.train.batch_size} and eval_batch_size={config.eval_batch_size} "
-            f"must be divisible by the {mesh.size} devices of the mesh")
+    preflight(config, dataset, mesh)
+    records.claim_workdir(workdir, config.to_dict())  # only a config that can run claims a workdir
     stop = _StopFlag()
     stop.install()
     for depth in config.depths:

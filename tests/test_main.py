@@ -127,6 +127,11 @@ def test_killed_run_resumes_bit_identically(finished, tmp_path, sig):
         ("--config.train.l2=-1", "l2"),
         ("--config.data.source=imagenet_on_floppy", "data.source"),
         ("--config.train.optimizer=lbfgs", "optimizer"),
+        ("--config.mesh.data=3", "mesh"),
+        ("--config.model.patch_size=5", "patch_size"),
+        ("--config.train.batch_size=100", "divisible"),
+        ("--config.data.n_per_class=5000", "n_per_class"),
+        ("--config.seeds=(0,0)", "seeds"),
     ],
 )
 def test_bad_config_values_are_one_line_errors(tmp_path, override, message):
@@ -134,6 +139,13 @@ def test_bad_config_values_are_one_line_errors(tmp_path, override, message):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_workdir_that_is_a_file_is_refused(tmp_path):
+    path = tmp_path / "a_file"
+    path.write_text("precious")
+    result = ncjax(*QUICK, f"--workdir={path}", check=2)
+    assert "is a file" in result.stderr and path.read_text() == "precious"
 
 
 def test_unknown_preset_and_missing_config_file(tmp_path):
