@@ -175,6 +175,8 @@ def stream_stats(batches: Iterable[tuple[jax.Array, jax.Array]], num_classes: in
     """Fold an iterable of ``(features, labels)`` batches into statistics."""
     stats = None
     for features, labels in batches:
+        if stats is not None:  # the next batch is ready: wait for the last, so memory does not grow with N
+            jax.block_until_ready(stats)
         stats = update(stats, features, labels, num_classes)
     if stats is None:
         raise ValueError("stream_stats got no batches: there is nothing to measure")
@@ -394,6 +396,8 @@ def measure_batches(
     stats = stream_stats(make_batches(), num_classes)
     out = metrics(stats, weight, bias)
     if weight is not None:
-        counts = np.asarray(sum(nc4_counts(h, y, stats, weight, bias) for h, y in make_batches()))
+        counts = np.zeros(2, np.int64)
+        for h, y in make_batches():
+            counts += np.asarray(nc4_counts(h, y, stats, weight, bias))
         out["nc4"] = counts[0] / counts[1]
     return {name: float(value) for name, value in out.items()}

@@ -82,8 +82,11 @@ class Evaluator:
         except ValueError:
             return dict(ufm_gap=float("nan"), ufm_distance=float("nan"))
 
-    def _batches(self, x, y):
+    def _batches(self, x, y, pending):
+        """Device batches; waits for ``pending()`` (the previous step's output) before handing out the
+        next, so at most one batch is in flight and memory does not grow with the data."""
         for xb, yb in data.eval_batches(x, y, self.batch_size, jax.process_index(), jax.process_count()):
+            jax.block_until_ready(pending())
             yield (jax.make_array_from_process_local_data(parallel.batch_sharding(self.mesh, xb.ndim), xb),
                    jax.make_array_from_process_local_data(parallel.batch_sharding(self.mesh, 1), yb))
 
@@ -96,10 +99,10 @@ class Evaluator:
         stats = collapse.empty_stats(k, width)
         block_stats = collapse.empty_stats(k, block_shape.shape[-1], (depth,))
         sums = jnp.zeros(3, jnp.float32)
-        for x, y in self._batches(ds.train_x, ds.train_y):
+        for x, y in self._batches(ds.train_x, ds.train_y, lambda: sums):
             stats, block_stats, sums = self._stats_step(params, stats, block_stats, sums, x, y)
         counts = jnp.zeros(2, jnp.int32)
-        for x, y in self._batches(ds.train_x, ds.train_y):
+        for x, y in self._batches(ds.train_x, ds.train_y, lambda: counts):
             counts = self._nc4_step(params, stats, counts, x, y)
 
         weight, bias = models.classifier_weights(params)
@@ -117,7 +120,7 @@ class Evaluator:
         out["nc1_per_block"] = [float(v) for v in collapse.metrics(block_stats)["nc1"]]
         if ds.test_x is not None:
             test = jnp.zeros(3, jnp.float32)
-            for x, y in self._batches(ds.test_x, ds.test_y):
+            for x, y in self._batches(ds.test_x, ds.test_y, lambda: test):
                 test = self._loss_step(params, test, x, y)
             test = np.asarray(test, np.float64)
             out.update(test_loss=test[0] / test[2], test_accuracy=test[1] / test[2])
