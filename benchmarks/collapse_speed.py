@@ -83,7 +83,8 @@ def reference(stream: Stream) -> dict[str, float]:
     out = {"nc1": np.trace(sw @ np.linalg.pinv(sb, hermitian=True)) / k}
     out["nc1_quotient"] = np.trace(sw) / np.trace(sb)
     var = sq / count
-    dist = ((mu[:, None] - mu[None]) ** 2).sum(-1)
+    sq = (mt**2).sum(1)
+    dist = sq[:, None] + sq[None] - 2 * mt @ mt.T  # pairwise ‖μ_c − μ_c'‖², without a K×K×D array
     iu = np.triu_indices(k, 1)
     out["cdnv"] = np.mean((var[:, None] + var[None])[iu] / (2 * dist[iu]))
     norms = np.linalg.norm(mt, axis=1)
