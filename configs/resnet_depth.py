@@ -25,12 +25,6 @@ def get_config(arg=None):
     c.name = "resnet_depth_" + p["model"] + ("" if p["size"] == "default" else "_" + p["size"])
     c.model.name = "rn1" if p["model"] == "rn1" else "rn2"
     c.model.norm = "final"
-    c.model.width = 64
-    c.train.loss = "ce"
-    c.train.optimizer = "adam"
-    c.train.learning_rate = 0.005
-    c.train.l2 = 0.005
-    c.train.schedule = "cosine"  # decays to 0: runs end in a minimum, where collapse is measured
     c.train.l2_schedule = "inverse_depth" if p["model"] == "rn2_inverse" else "constant"
     if p["size"] == "default":
         c.depths = (2, 3, 5, 8, 13)

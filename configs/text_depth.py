@@ -23,14 +23,9 @@ def get_config(arg=None):
     c.name = "text_depth_" + p["data"] + ("" if p["size"] == "default" else "_" + p["size"])
     c.model.name = "t11"
     c.model.norm = "pre"
-    c.model.width = 64
     c.model.num_heads = 4
     c.model.pooling = "mean"
-    c.train.loss = "ce"
-    c.train.optimizer = "adam"
     c.train.learning_rate = 0.001
-    c.train.l2 = 0.005
-    c.train.schedule = "cosine"  # decays to 0: runs end in a minimum, where collapse is measured
     if p["data"] == "imdb":
         c.data.source = "tfds:imdb_reviews"
         c.data.max_len = 256

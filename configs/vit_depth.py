@@ -24,15 +24,9 @@ def get_config(arg=None):
     c.name = "vit_depth" + "".join(f"_{p[g]}" for g in PRESETS if p[g] != PRESETS[g][0])
     c.model.name = p["arch"]
     c.model.norm = p["norm"]
-    c.model.width = 64
     c.model.num_heads = 4
     c.model.patch_size = 7
     c.model.pooling = "cls"
-    c.train.loss = "ce"
-    c.train.optimizer = "adam"
-    c.train.learning_rate = 0.005
-    c.train.l2 = 0.005
-    c.train.schedule = "cosine"  # decays to 0: runs end in a minimum, where collapse is measured
     c.train.l2_schedule = "inverse_depth" if p["arch"] == "t12" else "constant"
     if p["size"] == "default":
         c.depths = (2, 3, 5, 8)
