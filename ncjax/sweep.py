@@ -128,11 +128,15 @@ class DepthRun:
                     seed=self.seeds[seed_index], **metrics)
         return line
 
-    def evaluate_checkpoint(self, step: int, state) -> None:
+    def evaluate_checkpoint(self, step: int, state) -> list[dict[str, Any]]:
+        """Evaluate every seed at ``step``, write its metrics line, and return the lines."""
+        lines = []
         for i, run in enumerate(self.runs):
             params = jax.tree.map(lambda a: a[i], state.params)
+            lines.append(self.record(i, step, params))
             kept = [r for r in records.read_metrics(run) if r["step"] != step]
-            records.write_metrics(run, kept + [self.record(i, step, params)])
+            records.write_metrics(run, kept + [lines[-1]])
+        return lines
 
     def drop_orphan_metrics(self, start_step: int) -> None:
         """Lines past the restored step belong to steps that will be recomputed identically."""
@@ -158,7 +162,8 @@ class DepthRun:
         return (jax.make_array_from_process_local_data(self.program.batch_sharding(x.ndim), x),
                 jax.make_array_from_process_local_data(self.program.batch_sharding(y.ndim), y))
 
-    def save(self, step: int, state, evaluate: bool = True) -> None:
+    def save(self, step: int, state, evaluate: bool = True) -> list[dict[str, Any]]:
+        """Checkpoint every seed at ``step``; evaluate it unless told not to (returns the lines)."""
         epoch, k = divmod(step, self.steps_per_epoch)
         if not bool(jnp.all(jnp.asarray(self._finite))):
             raise train.Diverged(
@@ -166,8 +171,7 @@ class DepthRun:
                 "the last good checkpoint is kept (lower train.learning_rate or train.l2)")
         for i, c in enumerate(self.checkpoints):
             c.save(step, jax.tree.map(lambda a: a[i], state), dict(epoch=epoch, batch_in_epoch=k))
-        if evaluate:
-            self.evaluate_checkpoint(step, state)
+        return self.evaluate_checkpoint(step, state) if evaluate else []
 
     def train(self, stop: _StopFlag) -> None:
         state, start = self.initial_state()  # before any file is written: a bad checkpoint changes nothing
@@ -210,9 +214,8 @@ class DepthRun:
             if preempted:  # within the grace period: save only; the resumed run evaluates it
                 self.save(done, state, evaluate=False)
             elif done % every == 0 or done == self.total_steps:
-                self.save(done, state)
-                for i, writer in enumerate(writers):
-                    line = records.read_metrics(self.runs[i])[-1]
+                lines = self.save(done, state)
+                for writer, line in zip(writers, lines):
                     for key, value in line.items():
                         if isinstance(value, float):
                             writer.add_scalar(f"eval/{key}", value, done)
