@@ -21,16 +21,9 @@ class CheckpointError(RuntimeError):
 class RunCheckpoints:
     """The checkpoints of one run folder."""
 
-    def __init__(self, run_dir: Path | str, every_steps: int = 0, max_to_keep: int | None = None,
-                 read_only: bool = False):
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
-            enable_async_checkpointing=not read_only,
-            read_only=read_only,
-            create=not read_only,
-        )
+    def __init__(self, run_dir: Path | str, max_to_keep: int | None = None):
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=True)
         self.directory = Path(run_dir) / "checkpoints"
-        self.every_steps = every_steps
         self._manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
 
     def steps(self) -> list[int]:

@@ -15,14 +15,13 @@ from typing import Any
 import numpy as np
 from etils.epath import Path
 
-from ncjax import records
+from ncjax import collapse, records
 
 PLOTTED = ("nc1", "nc1_quotient", "cdnv", "nc2_etf", "nc2_equinorm", "nc2_equiangle", "nc3", "ufm_distance",
            "ufm_gap")
+METRICS = collapse.METRIC_NAMES + ("ufm_distance", "ufm_gap")
 COLUMNS = ("kind", "depth", "seed", "step", "epoch", "train_loss", "l2_penalty", "objective",
-           "train_accuracy", "test_accuracy", "nc1", "nc1_quotient", "cdnv", "nc2_equinorm",
-           "nc2_equiangle", "nc2_etf", "nc2_etf_w", "nc3", "nc4", "ufm_distance", "ufm_gap")
-METRICS = COLUMNS[10:]
+           "train_accuracy", "test_accuracy") + METRICS
 
 
 def final_rows(workdir: Path | str) -> list[dict[str, Any]]:

@@ -90,7 +90,7 @@ class DepthRun:
             self.module, t, depth, dataset.train_x[:1], len(self.seeds), self.total_steps, mesh)
         self.runs = [records.run_dir(workdir, depth, s) for s in self.seeds]
         self.checkpoints = [
-            checkpoints.RunCheckpoints(r, config.checkpoint.every_steps, config.checkpoint.max_to_keep)
+            checkpoints.RunCheckpoints(r, config.checkpoint.max_to_keep)
             for r in self.runs
         ]
         self.evaluator = evaluate.Evaluator(self.module, dataset, t, self.l2, mesh, config.eval_batch_size,
@@ -108,7 +108,8 @@ class DepthRun:
         return jax.tree.map(drop, self.program.abstract_state)
 
     def restore(self, step: int):
-        seed_states = [c.restore(step, self.seed_abstract())[0] for c in self.checkpoints]
+        abstract = self.seed_abstract()
+        seed_states = [c.restore(step, abstract)[0] for c in self.checkpoints]
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *seed_states)
         return jax.device_put(stacked, self.program.state_sharding)
 

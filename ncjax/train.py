@@ -82,8 +82,6 @@ def _finite(tree) -> jax.Array:
 class Program:
     """The compiled pieces of one depth: init, step and shardings, all seeds at once."""
 
-    module: nn.Module
-    mesh: jax.sharding.Mesh
     state_sharding: Any
     abstract_state: Any  # ShapeDtypeStructs with shardings, seed axis included
     init: Callable  # seeds [S] uint32 → TrainState
@@ -144,4 +142,4 @@ def build_program(
         out_shardings=(state_sharding, rep),
         donate_argnums=0,
     )
-    return Program(module, mesh, state_sharding, abstract_state, init, step, batch_sharding)
+    return Program(state_sharding, abstract_state, init, step, batch_sharding)

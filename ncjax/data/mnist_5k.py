@@ -11,8 +11,7 @@ import numpy as np
 
 from ncjax.data.dataset import DataError, Dataset
 
-TRAIN_PER_CLASS = 400
-TEST_PER_CLASS = 100
+TRAIN_PER_CLASS = 400  # of 500 per class; the other 100 are the test split
 
 
 def load_mnist_5k() -> Dataset:
