@@ -13,9 +13,7 @@ from typing import Any
 import orbax.checkpoint as ocp
 from etils.epath import Path
 
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be read (corrupted, or written by another program)."""
+from ncjax.errors import CheckpointError
 
 
 class RunCheckpoints:

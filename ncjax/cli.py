@@ -1,8 +1,9 @@
-"""What every ncjax command shares: user errors as one line and exit status 2, never a traceback.
+"""What every ncjax command shares: the exit statuses of ``ncjax.errors`` and one-line user errors.
 
-A user error is anything the user can fix by changing the command (a config
-value, a workdir, a data set, a checkpoint to move aside). A diverged run exits
-with status 3, a preempted one with 0 after saving.
+A user error (:class:`ncjax.errors.UserError`) prints one line and exits 2; a
+diverged run exits 3; a preempted one 0 after saving. Anything else is not
+caught here: Python prints its traceback and exits 1, so a launcher retries it.
+Imported by the command entry points only, never by the library.
 """
 
 from __future__ import annotations
@@ -14,17 +15,7 @@ from typing import Callable
 import jax
 from absl import flags
 
-from ncjax import checkpoints, data, experiment, parallel, records, sweep, train
-
-USER_ERRORS = (
-    experiment.ConfigError,
-    data.DataError,
-    records.WorkdirError,
-    checkpoints.CheckpointError,
-    parallel.MeshError,
-    ValueError,
-    OSError,  # a path the user gave that cannot be read or written
-)
+from ncjax import errors
 
 
 def enable_compilation_cache() -> None:
@@ -36,26 +27,26 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "ncjax" / "xla"))
 
 
-def fail(message: str, status: int = 2) -> int:
+def fail(message: str, status: int = errors.EXIT_USER) -> int:
     print(f"error: {message}", file=sys.stderr)
     return status
 
 
 def run_guarded(fn: Callable[[], object]) -> int:
-    """Run ``fn``; map the project's exceptions to one line and an exit status."""
+    """Run ``fn``; map ``ncjax.errors`` to an exit status (other exceptions propagate: status 1)."""
     enable_compilation_cache()
     try:
         fn()
-    except sweep.Preempted as notice:
+    except errors.Preempted as notice:
         print(notice, file=sys.stderr)
-        return 0
-    except train.Diverged as error:
-        return fail(str(error), status=3)
-    except USER_ERRORS as error:
+        return errors.EXIT_OK
+    except errors.Diverged as error:
+        return fail(str(error), status=errors.EXIT_DIVERGED)
+    except errors.UserError as error:
         return fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
     except KeyboardInterrupt:
         return fail("interrupted; rerun the same command to resume from the last checkpoint", status=130)
-    return 0
+    return errors.EXIT_OK
 
 
 def workdir_flag(argv: list[str] | None, program: str) -> str:
@@ -64,7 +55,7 @@ def workdir_flag(argv: list[str] | None, program: str) -> str:
     values = [a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")]
     others = [a for a in argv if not a.startswith("--workdir=")]
     if len(values) != 1 or others:
-        raise records.WorkdirError(f"usage: python -m {program} --workdir=PATH (got: {' '.join(argv) or 'nothing'})")
+        raise errors.WorkdirError(f"usage: python -m {program} --workdir=PATH (got: {' '.join(argv) or 'nothing'})")
     return values[0]
 
 

@@ -11,10 +11,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ncjax import data, models, train
-
-
-class ConfigError(ValueError):
-    """A config value is invalid (a user error: exit status 2)."""
+from ncjax.errors import ConfigError
 
 
 def base_config() -> ml_collections.ConfigDict:

@@ -25,6 +25,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from ncjax.errors import DistributedError, MeshError
+
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")
 
@@ -39,10 +41,6 @@ LOGICAL_RULES = (
     ("input", None),
     ("layers", None),
 )
-
-
-class MeshError(ValueError):
-    """The requested mesh does not fit the devices (a user error: exit status 2)."""
 
 
 def mesh_shape(data: int, fsdp: int, device_count: int) -> tuple[int, int]:
@@ -106,10 +104,6 @@ def fit_shardings(shardings, shapes):
         return NamedSharding(sharding.mesh, P(*spec))
 
     return jax.tree.map(fit, shardings, shapes)
-
-
-class DistributedError(ValueError):
-    """The multi-host flags are incomplete or contradictory (a user error: exit status 2)."""
 
 
 # Environments that describe more than one process of one job. Each entry says how

@@ -15,11 +15,9 @@ from typing import Any, Iterable
 import jax
 from etils.epath import Path
 
+from ncjax.errors import WorkdirError
+
 RUN_PATTERN = re.compile(r"depth_(\d+)/seed_(\d+)$")
-
-
-class WorkdirError(ValueError):
-    """The workdir holds something this command must not touch (a user error: exit status 2)."""
 
 
 def is_writer() -> bool:

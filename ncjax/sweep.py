@@ -30,10 +30,7 @@ from ncjax import (
     summary,
     train,
 )
-
-
-class Preempted(Exception):
-    """SIGTERM (or Orbax's preemption notice) arrived; a checkpoint was saved."""
+from ncjax.errors import Preempted
 
 
 class _StopFlag:
@@ -251,7 +248,10 @@ def preflight(config, dataset: data.Dataset, mesh) -> None:
         raise experiment.ConfigError(
             f"train.batch_size={config.train.batch_size} exceeds the {len(dataset.train_y)} training examples")
     module = models.build(depth_model_config(config, min(config.depths)))
-    jax.eval_shape(module.init, jax.random.key(0), dataset.train_x[:1])  # shape errors, e.g. patch size
+    try:
+        jax.eval_shape(module.init, jax.random.key(0), dataset.train_x[:1])  # shape errors, e.g. patch size
+    except ValueError as error:  # the models explain a shape that does not fit the data in one line
+        raise experiment.ConfigError(str(error).splitlines()[0]) from None
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:

@@ -20,6 +20,7 @@ import optax
 from flax import struct
 
 from ncjax import models, objective, parallel
+from ncjax.errors import Diverged
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -31,10 +32,6 @@ class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
-
-
-class Diverged(RuntimeError):
-    """The loss or the parameters became NaN/Inf; the last good checkpoint is kept."""
 
 
 def l2_coefficient(train_config: ml_collections.ConfigDict, depth: int) -> float:

@@ -9,8 +9,7 @@ import numpy as np
 KINDS = ("image", "vector", "tokens")
 
 
-class DataError(ValueError):
-    """A data set that cannot be loaded as configured (the CLI maps it to exit status 2)."""
+from ncjax.errors import DataError  # noqa: F401  (re-exported: every source raises it)
 
 
 @dataclasses.dataclass(frozen=True)
