@@ -6,23 +6,29 @@
 
 Presets (comma-separated after ':'): a data set (``imdb``: TFDS ``imdb_reviews`` as
 UTF-8 bytes truncated/padded to ``data.max_len``; ``synthetic``: sequences whose label
-is the most frequent of K cue tokens, decided by the whole context) and a size
-(``default``, ``quick``, ``paper`` = depths 2…34, 5 seeds, learning rate 0.001).
+is the most frequent of K cue tokens, decided by the whole context), a size
+(``default``, ``quick``, ``paper`` = depths 2…34, 5 seeds, 5,000 epochs, learning rate
+0.001 as science.md §2 reports; the optimiser, Adam, and the batch size, 128, are ncjax's
+choices: the paper reports neither) and a LayerNorm (``free_ln``, the default: the theory's
+parameter-free LayerNorm, features of radius √width; ``nonpaper_affine_ln``: a learnable,
+L2-penalised scale and shift). The blocks are pre-LN, ``h ← h + Attn(LN(h)); h ← h + MLP(LN(h))``
+with a final LayerNorm before the head: the paper's text models (science.md §2).
 IMDB must be prepared first on a machine with network:
 ``tfds build imdb_reviews --data_dir=DIR --file_format=array_record``.
 """
 
 from ncjax import experiment
 
-PRESETS = {"data": ("imdb", "synthetic"), "size": ("default", "quick", "paper")}
+PRESETS = {"data": ("imdb", "synthetic"), "size": ("default", "quick", "paper"), "ln": ("free_ln", "nonpaper_affine_ln")}
 
 
 def get_config(arg=None):
     p = experiment.parse_presets(arg, PRESETS)
     c = experiment.base_config()
-    c.name = "text_depth_" + p["data"] + ("" if p["size"] == "default" else "_" + p["size"])
+    c.name = "text_depth_" + p["data"] + "".join(f"_{p[g]}" for g in PRESETS if g != "data" and p[g] != PRESETS[g][0])
     c.model.name = "t11"
     c.model.norm = "pre"
+    c.model.norm_affine = p["ln"] == "nonpaper_affine_ln"
     c.model.num_heads = 4
     c.model.pooling = "mean"
     c.train.learning_rate = 0.001

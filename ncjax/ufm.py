@@ -18,8 +18,11 @@ layer is F with its own features. Feature constraints:
 
 - ``free``: the λ_H term (mean squared feature norm), the classical UFM.
 - ``sphere``: ‖h_i‖ = r, no λ_H term.
-- ``layernorm``: 1ᵀh_i = 0 and ‖h_i‖ = r (LayerNorm's output without affine
-  parameters has r = √d, the default), no λ_H term.
+- ``layernorm``: 1ᵀh_i = 0 and ‖h_i‖ = r, no λ_H term. The default r = √d is the radius
+  convention of ``ncjax.models.layers``: a parameter-free LayerNorm (``model.norm_affine=False``)
+  outputs exactly such features (up to its ε), so a post-LN net's classifier and this UFM
+  are compared on one scale (a radius r with λ is the same problem as radius 1 with λ/r²).
+  ``trained_ufm`` takes r from the trained features' RMS norm, which is √d for such a net.
 """
 
 from __future__ import annotations

@@ -3,15 +3,15 @@
 Public API::
 
     cfg = default_config(); cfg.name = "rn1"; cfg.depth = 512
-    module = build(cfg)                                  # validates cfg first
+    module = build(cfg)                                  # validates cfg first (ConfigError)
     variables = init(module, rng, sample_input)          # {'params': plain arrays}
     logits, features = module.apply(variables, x)
     logits, features, blocks = module.apply(variables, x, return_blocks=True)
+    logits, features = module.apply(variables, x, active_depth=L)   # the depth-L network
     W, b = classifier_weights(variables["params"])      # [K, d], [K] or None
     specs = logical_specs(module, sample_input)          # logical PartitionSpecs of the params
-    stack_params(unrolled_params) / unstack_params(scanned_params)
 
-``module.apply(variables, x, train=False, return_blocks=False)``:
+``module.apply(variables, x, train=False, return_blocks=False, active_depth=None)``:
 ``x`` is float [B, H, W, C] (images), float [B, D] (vectors, ResNets) or int
 [B, T] (tokens, transformers). ``logits`` [B, K] float32; ``features`` [B, d] the
 vectors that enter the classifier (after pooling, final LayerNorm and the linear
@@ -19,11 +19,20 @@ head); ``blocks`` [L, B, d] every block's output (transformers: pooled like the
 features, before the final LayerNorm and head). ``train`` is accepted by every
 model and has no effect yet (no dropout or batch statistics).
 
+Depth-consistent parameters and packing several depths in one program
+(``stack.py``): the blocks' parameters are ``params['blocks']``, every leaf with a
+leading 'layers' axis [L, ...]; block l is initialised from ``fold_in(key, l)``, so
+``init`` of a depth-L model gives exactly the first L blocks of a deeper model's
+``init`` with the same key, and every other parameter (embedding, positions, CLS,
+head) does not depend on the depth. ``active_depth`` (an int32 scalar: a Python int,
+a traced value, or one lane of a ``jax.vmap``) makes blocks ≥ active_depth the
+identity, so one model of depth ``max(depths)`` computes every depth-L network and
+the masked blocks get exactly zero gradient; their entries of ``blocks`` are zeros.
+
 Depth knobs (config): ``scan`` (one traced block; False unrolls L blocks),
 ``unroll`` (blocks per scan iteration), ``remat_policy`` (a jax.checkpoint_policies
 name: recompute each block in the backward pass), ``remat_group`` (also recompute
-groups of k blocks: ~L/k + k saved carries). None of them changes the parameters:
-scanned params are always ``blocks`` with a leading 'layers' axis [L, ...].
+groups of k blocks: ~L/k + k saved carries). None of them changes the parameters.
 """
 
 from __future__ import annotations
@@ -36,35 +45,49 @@ import jax.numpy as jnp
 import ml_collections
 
 from ncjax.models.config import RESNETS, default_config, validate
+from ncjax.models.layers import Layers
 from ncjax.models.resnet import ResNet
-from ncjax.models.stack import stack_params, unstack_params
+from ncjax.models.stack import BLOCKS
 from ncjax.models.transformer import Transformer
 
-__all__ = ["build", "classifier_weights", "default_config", "init", "logical_specs", "stack_params",
-           "unstack_params", "validate"]
+__all__ = ["BLOCKS", "build", "classifier_weights", "default_config", "init", "logical_specs", "validate"]
 
 
 def build(c: ml_collections.ConfigDict) -> nn.Module:
-    """The Linen module that ``c`` describes (``c.name`` in rn1, rn2, t11, t12); raises ValueError on bad values."""
+    """The Linen module that ``c`` describes (``c.name`` in rn1, rn2, t11, t12); raises ConfigError on bad values."""
     validate(c)
+    layers = Layers(use_bias=c.use_bias, init_scale=c.init_scale, dtype=jnp.dtype(c.dtype), precision=c.precision,
+                    norm_affine=c.norm_affine)
     common = dict(depth=c.depth, width=c.width, num_classes=c.num_classes, two_layer=c.name in ("rn2", "t12"),
-                  mlp_dim=c.mlp_dim, activation=c.activation, norm=c.norm, use_bias=c.use_bias,
-                  classifier_bias=c.classifier_bias, head_depth=c.head_depth, init_scale=c.init_scale,
-                  dtype=jnp.dtype(c.dtype), scan=c.scan, unroll=c.unroll, remat_policy=c.remat_policy,
-                  remat_group=c.remat_group)
+                  mlp_dim=c.mlp_dim, activation=c.activation, norm=c.norm, classifier_bias=c.classifier_bias,
+                  head_depth=c.head_depth, layers=layers, scan=c.scan, unroll=c.unroll,
+                  remat_policy=c.remat_policy, remat_group=c.remat_group)
     if c.name in RESNETS:
         return ResNet(**common)
     return Transformer(**common, num_heads=c.num_heads, pooling=c.pooling, input=c.input,
                        patch_size=c.patch_size, vocab_size=c.vocab_size, max_len=c.max_len)
 
 
-def init(module: nn.Module, rng: jax.Array, sample_input: jax.Array) -> dict[str, Any]:
-    """Variables of ``module`` as plain arrays, from one jitted init.
+def _unboxed_init(module: nn.Module, rng: jax.Array, sample_input: jax.Array) -> dict[str, Any]:
+    return nn.meta.unbox(module.init(rng, sample_input))
 
-    Jitting the whole init traces the scanned block once, so a depth-1024 model
-    initialises as fast as a depth-2 one (eager init would dispatch op by op).
+
+_init_on_accelerators = jax.jit(_unboxed_init, static_argnums=0)
+# Init runs once per model: on CPU, skipping LLVM's optimisations cuts its compile time about 4×
+# (compiler options are allowed on a top-level jit only).
+_init_on_cpu = jax.jit(_unboxed_init, static_argnums=0, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def init(module: nn.Module, rng: jax.Array, sample_input: jax.Array) -> dict[str, Any]:
+    """Variables of ``module`` as plain arrays (``module.init`` unboxed), from one jitted init
+    compiled once per module and input shape.
+
+    Jitting the whole init traces one block, so a depth-1024 model initialises as fast
+    as a depth-2 one (eager init would dispatch op by op). Depth-consistent: see above.
     """
-    return jax.jit(lambda r, x: nn.meta.unbox(module.init(r, x)))(rng, sample_input)
+    traced = any(isinstance(a, jax.core.Tracer) for a in (rng, sample_input))  # inside jit/eval_shape/vmap
+    jitted = _init_on_cpu if jax.default_backend() == "cpu" and not traced else _init_on_accelerators
+    return jitted(module, rng, sample_input)
 
 
 def logical_specs(module: nn.Module, sample_input: jax.Array) -> Any:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
-from ncjax.models.layers import ACTIVATIONS
+from ncjax.errors import ConfigError
+from ncjax.models.layers import ACTIVATIONS, PRECISIONS
 
 NAMES = ("rn1", "rn2", "t11", "t12")
 RESNETS = ("rn1", "rn2")
@@ -24,22 +25,30 @@ REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_
 
 
 def default_config() -> ml_collections.ConfigDict:
-    """Every model field with a default suited to the paper's setup (width 64, CE, L-RN1)."""
+    """Every model field, its default chosen by fidelity to the paper (width 64, L-RN1 with a
+    parameter-free LayerNorm after every block: the most likely reading of science.md §2)."""
     c = ml_collections.ConfigDict()
     c.name = "rn1"  # rn1 | rn2 (L-RN1/L-RN2) | t11 | t12 (L-T11/L-T12)
     c.depth = 8  # number of residual / transformer blocks L
     c.width = 64  # d
     c.num_classes = 10
     c.activation = "relu"
-    # pre: LN inside each block before its linear layers, plus a final LN.
-    # post: LN after each residual add. final (ResNets only): no LN in the blocks,
-    # one LN before the head, the blocks exactly as science.md §2 writes them.
-    c.norm = "pre"
+    # post: LN after each residual add, none before the head (ResNets and vision transformers
+    # as the theory reads, an inference). pre: LN on each branch's input plus one before the
+    # head (the paper's text transformers). final (ResNets only): bare blocks h + σ(Wh + b),
+    # one LN before the head (departs from the theory). Formulas: resnet.py, transformer.py.
+    c.norm = "post"
+    # False: the theory's parameter-free LayerNorm (zero mean, radius √width: layers.py).
+    # True: a learnable scale and shift (a shift only with use_bias), L2-penalised like the rest.
+    c.norm_affine = False
     c.use_bias = True  # biases of the embedding, blocks and linear head
     c.classifier_bias = True  # b in logits = W h + b (MSE optima differ with / without it)
     c.head_depth = 0  # m linear layers (width d, no activation) before the classifier
     c.init_scale = 1.0  # multiplies the std of LeCun-normal kernels
-    c.dtype = "float32"  # compute dtype; params are always float32
+    c.dtype = "float32"  # compute dtype; params are always float32; bfloat16 is a deliberate choice
+    # Matmul precision of every Dense/attention product: highest = exact float32 on every backend
+    # (GPUs otherwise run float32 matmuls as TF32) | high | default (the backend's own, e.g. TF32).
+    c.precision = "highest"
     c.num_heads = 4
     c.mlp_dim = config_dict.placeholder(int)  # hidden width of two-layer blocks; None = width
     c.patch_size = 7  # image transformers: square patches
@@ -62,28 +71,29 @@ def family(name: str) -> str:
 
 def _choice(field: str, value, allowed) -> None:
     if value not in allowed:
-        raise ValueError(f"model.{field}={value!r} is not supported; choose one of: {', '.join(map(str, allowed))}")
+        raise ConfigError(f"model.{field}={value!r} is not supported; choose one of: {', '.join(map(str, allowed))}")
 
 
 def _positive(field: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"model.{field}={value!r} must be a positive integer")
+        raise ConfigError(f"model.{field}={value!r} must be a positive integer")
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Raise ValueError with a one-line fix for the first bad value in ``c``."""
+    """Raise ConfigError (a ValueError) with a one-line fix for the first bad value in ``c``."""
     _choice("name", c.name, NAMES)
     fam = family(c.name)
     for field in ("depth", "width", "num_classes", "unroll"):
         _positive(field, c[field])
     if not isinstance(c.head_depth, int) or c.head_depth < 0:
-        raise ValueError(f"model.head_depth={c.head_depth!r} must be an integer >= 0")
+        raise ConfigError(f"model.head_depth={c.head_depth!r} must be an integer >= 0")
     _choice("activation", c.activation, sorted(ACTIVATIONS))
     _choice("norm", c.norm, NORMS[fam])
     _choice("input", c.input, INPUTS[fam])
     _choice("dtype", c.dtype, DTYPES)
+    _choice("precision", c.precision, tuple(PRECISIONS))
     if not c.init_scale > 0:
-        raise ValueError(f"model.init_scale={c.init_scale!r} must be > 0")
+        raise ConfigError(f"model.init_scale={c.init_scale!r} must be > 0")
     if c.mlp_dim is not None:
         _positive("mlp_dim", c.mlp_dim)
     if c.remat_policy is not None:
@@ -91,12 +101,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.remat_group is not None:
         _positive("remat_group", c.remat_group)
         if c.depth % c.remat_group or not c.scan or c.remat_policy is None:
-            raise ValueError(f"model.remat_group={c.remat_group} needs scan=True, a remat_policy and a depth "
+            raise ConfigError(f"model.remat_group={c.remat_group} needs scan=True, a remat_policy and a depth "
                              f"divisible by it (depth={c.depth}, scan={c.scan}, remat_policy={c.remat_policy!r})")
     if fam == "t":
         _positive("num_heads", c.num_heads)
         if c.width % c.num_heads:
-            raise ValueError(f"model.width={c.width} is not divisible by model.num_heads={c.num_heads}; "
+            raise ConfigError(f"model.width={c.width} is not divisible by model.num_heads={c.num_heads}; "
                              "change one so that width % num_heads == 0")
         _choice("pooling", c.pooling, POOLINGS)
         if c.input == "image":

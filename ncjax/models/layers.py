@@ -1,16 +1,26 @@
-"""Layers shared by the ResNets and the transformers: activations, logically named
-linear maps and LayerNorm, and the head (pooling-free part after the blocks).
+"""Layers shared by the ResNets and the transformers: activations, the factory of logically
+named linear maps and LayerNorms, and the head (the part after the blocks).
 
 Every parameter carries logical axis names so that sharding rules, not code,
 decide where it lives: 'embed' (width d), 'mlp' (a block's hidden width),
-'heads', 'kv', 'vocab', 'classes', 'input', and 'layers' (added by the scan).
+'heads', 'kv', 'vocab', 'classes', 'input', and 'layers' (added by the block stack).
 A square d×d block kernel is named ('embed', 'mlp'), never ('embed', 'embed'),
 because one mesh axis may appear only once in a PartitionSpec.
+
+LayerNorm convention (the feature radius). Every LayerNorm here, with or without
+affine parameters, first maps a vector ``h ∈ R^d`` to ``(h − mean(h)) / sqrt(var(h) + ε)``
+with ``ε = 1e-6``: zero mean and Euclidean norm ``√d · sqrt(var / (var + ε)) ≈ √d``.
+``norm_affine=False`` (the theory's LayerNorm: no scale, no shift) stops there, so
+the features a block or the head hands on lie on the sphere of radius √d inside
+``1^⊥``. The unconstrained-features model of ``ncjax.ufm`` uses the same radius √d
+for its ``layernorm`` features (a radius r with λ is the same problem as radius 1
+with λ/r², science.md §2), so a trained net and its UFM are compared on one scale.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import dataclasses
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -27,6 +37,14 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
 }
 
+# model.precision → the precision of every matmul of the model (Dense, DenseGeneral, attention).
+# 'highest': float32 operands are multiplied exactly on every backend (GPUs would otherwise
+# use TF32, TPUs bfloat16 passes); 'high': bf16_3x/TF32-class; 'default': whatever the backend does.
+PRECISIONS = {"highest": jax.lax.Precision.HIGHEST, "high": jax.lax.Precision.HIGH,
+              "default": jax.lax.Precision.DEFAULT}
+
+LAYER_NORM_EPSILON = 1e-6
+
 
 def kernel_init(init_scale: float, axes: Sequence[str | None]):
     """LeCun-normal (std = init_scale / sqrt(fan_in)) with logical axis names.
@@ -41,16 +59,47 @@ def zeros(axes: Sequence[str | None]):
     return nn.with_logical_partitioning(nn.initializers.zeros_init(), tuple(axes))
 
 
-def dense(features: int, axes: tuple[str, str], *, use_bias: bool, init_scale: float, dtype, name: str) -> nn.Dense:
-    """A Dense layer whose kernel is named ``axes`` (in, out) and whose bias is named (out,)."""
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                    kernel_init=kernel_init(init_scale, axes), bias_init=zeros(axes[-1:]), name=name)
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """The numerics every layer of one model shares, and the factory of its layers.
 
+    ``dtype`` is the compute dtype (params are always float32), ``precision`` a key of
+    :data:`PRECISIONS`, ``norm_affine`` whether LayerNorms have a learnable scale and
+    shift (``use_bias`` then also governs the shift).
+    """
 
-def layer_norm(*, use_bias: bool, dtype, name: str) -> nn.LayerNorm:
-    return nn.LayerNorm(use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",)),
-                        bias_init=zeros(("embed",)), name=name)
+    use_bias: bool
+    init_scale: float
+    dtype: Any
+    precision: str
+    norm_affine: bool
+
+    @property
+    def lax_precision(self) -> jax.lax.Precision:
+        return PRECISIONS[self.precision]
+
+    def dense(self, features: int, axes: tuple[str | None, str], *, name: str, dtype=None,
+              use_bias: bool | None = None) -> nn.Dense:
+        """A Dense layer whose kernel is named ``axes`` (in, out) and whose bias is named (out,)."""
+        return nn.Dense(features, use_bias=self.use_bias if use_bias is None else use_bias,
+                        dtype=self.dtype if dtype is None else dtype, param_dtype=jnp.float32,
+                        precision=self.lax_precision, kernel_init=kernel_init(self.init_scale, axes),
+                        bias_init=zeros(axes[-1:]), name=name)
+
+    def dense_general(self, features, axis, kernel_axes: tuple[str, ...], *, name: str) -> nn.DenseGeneral:
+        """A DenseGeneral (multi-axis in or out) with logically named kernel and bias."""
+        out_axes = kernel_axes[-len(features):] if isinstance(features, tuple) else kernel_axes[-1:]
+        return nn.DenseGeneral(features, axis=axis, use_bias=self.use_bias, dtype=self.dtype,
+                               param_dtype=jnp.float32, precision=self.lax_precision,
+                               kernel_init=kernel_init(self.init_scale, kernel_axes), bias_init=zeros(out_axes),
+                               name=name)
+
+    def layer_norm(self, name: str) -> nn.LayerNorm:
+        """LayerNorm over the last axis (radius convention: module docstring)."""
+        ones = nn.with_logical_partitioning(nn.initializers.ones_init(), ("embed",))
+        return nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, use_scale=self.norm_affine,
+                            use_bias=self.norm_affine and self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
+                            scale_init=ones, bias_init=zeros(("embed",)), name=name)
 
 
 class Head(nn.Module):
@@ -64,18 +113,15 @@ class Head(nn.Module):
     num_classes: int
     head_depth: int
     final_norm: bool
-    use_bias: bool
     classifier_bias: bool
-    init_scale: float
-    dtype: jnp.dtype
+    layers: Layers
 
     @nn.compact
     def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
         if self.final_norm:
-            h = layer_norm(use_bias=self.use_bias, dtype=self.dtype, name="final_norm")(h)
+            h = self.layers.layer_norm("final_norm")(h)
         for i in range(self.head_depth):
-            h = dense(h.shape[-1], ("embed", "mlp"), use_bias=self.use_bias, init_scale=self.init_scale,
-                      dtype=self.dtype, name=f"linear_head_{i}")(h)
-        logits = dense(self.num_classes, ("embed", "classes"), use_bias=self.classifier_bias,
-                       init_scale=self.init_scale, dtype=jnp.float32, name="classifier")(h)
+            h = self.layers.dense(h.shape[-1], ("embed", "mlp"), name=f"linear_head_{i}")(h)
+        logits = self.layers.dense(self.num_classes, ("embed", "classes"), use_bias=self.classifier_bias,
+                                   dtype=jnp.float32, name="classifier")(h)
         return logits, h

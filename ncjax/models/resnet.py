@@ -1,6 +1,13 @@
-"""L-RN1 and L-RN2 (science.md §2): a linear embedding to width d, L residual
-blocks with one (``h + σ(W h + b)``) or two (``h + W2 σ(W1 h + b1)``) linear
-layers, then the head. Images are flattened, so the model takes any vector data.
+"""L-RN1 and L-RN2 (science.md §2): a linear embedding to width d, L residual blocks with
+one (``σ(W h + b)``) or two (``W2 σ(W1 h + b1)``) linear layers in the branch, then the head.
+Images are flattened, so the model takes any vector data.
+
+LayerNorm placement (``norm``): 'post' (the paper's most likely reading, an inference:
+science.md §2) normalises after every residual add, ``h ← LN(h + σ(W h + b))``, and the
+head adds none, so the classifier sees LayerNorm outputs; 'pre' normalises each branch's
+input, ``h ← h + σ(W LN(h) + b)``, plus one LayerNorm before the head; 'final' leaves the
+blocks bare, ``h ← h + σ(W h + b)``, with one LayerNorm before the head (departs from the
+theory: the residual stream then grows about 1.4× per block at initialisation).
 """
 
 from __future__ import annotations
@@ -9,13 +16,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ncjax.models.layers import ACTIVATIONS, Head, dense, layer_norm
+from ncjax.models.layers import ACTIVATIONS, Head, Layers
 from ncjax.models.stack import run_blocks
 
 
 class ResBlock(nn.Module):
-    """One residual block. ``norm``: 'pre' normalises the branch input, 'post'
-    normalises after the add, 'final' leaves the block bare (LN only in the head).
+    """One residual block (placement ``norm`` as in the module docstring).
     ``mlp_dim`` None: one linear layer (L-RN1); an int: two layers through that width (L-RN2).
     """
 
@@ -23,23 +29,20 @@ class ResBlock(nn.Module):
     mlp_dim: int | None
     activation: str
     norm: str
-    use_bias: bool
-    init_scale: float
-    dtype: jnp.dtype
+    layers: Layers
 
     @nn.compact
-    def __call__(self, h: jax.Array, _) -> tuple[jax.Array, jax.Array]:
+    def __call__(self, h: jax.Array) -> tuple[jax.Array, jax.Array]:
         act = ACTIVATIONS[self.activation]
-        common = dict(use_bias=self.use_bias, init_scale=self.init_scale, dtype=self.dtype)
-        u = layer_norm(use_bias=self.use_bias, dtype=self.dtype, name="norm")(h) if self.norm == "pre" else h
+        u = self.layers.layer_norm("norm")(h) if self.norm == "pre" else h
         if self.mlp_dim is None:
-            u = act(dense(self.width, ("embed", "mlp"), name="linear", **common)(u))
+            u = act(self.layers.dense(self.width, ("embed", "mlp"), name="linear")(u))
         else:
-            u = act(dense(self.mlp_dim, ("embed", "mlp"), name="linear_1", **common)(u))
-            u = dense(self.width, ("mlp", "embed"), name="linear_2", **common)(u)
+            u = act(self.layers.dense(self.mlp_dim, ("embed", "mlp"), name="linear_1")(u))
+            u = self.layers.dense(self.width, ("mlp", "embed"), name="linear_2")(u)
         h = h + u
         if self.norm == "post":
-            h = layer_norm(use_bias=self.use_bias, dtype=self.dtype, name="norm")(h)
+            h = self.layers.layer_norm("norm")(h)
         return h, h
 
 
@@ -53,29 +56,25 @@ class ResNet(nn.Module):
     mlp_dim: int | None
     activation: str
     norm: str
-    use_bias: bool
     classifier_bias: bool
     head_depth: int
-    init_scale: float
-    dtype: jnp.dtype
+    layers: Layers
     scan: bool
     unroll: int
     remat_policy: str | None
     remat_group: int | None
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, return_blocks: bool = False):
+    def __call__(self, x: jax.Array, train: bool = False, return_blocks: bool = False,
+                 active_depth: jax.Array | int | None = None):
         del train  # no stochastic or batch-dependent layers; kept for one signature across models
-        x = jnp.reshape(x, (x.shape[0], -1)).astype(self.dtype)
-        h = dense(self.width, ("input", "embed"), use_bias=self.use_bias, init_scale=self.init_scale,
-                  dtype=self.dtype, name="embed")(x)
-        h, blocks = run_blocks(
-            ResBlock, h, depth=self.depth, scan=self.scan, unroll=self.unroll, remat_policy=self.remat_policy,
-            remat_group=self.remat_group,
-            width=self.width, mlp_dim=(self.mlp_dim or self.width) if self.two_layer else None,
-            activation=self.activation, norm=self.norm, use_bias=self.use_bias, init_scale=self.init_scale,
-            dtype=self.dtype)
+        x = jnp.reshape(x, (x.shape[0], -1)).astype(self.layers.dtype)
+        h = self.layers.dense(self.width, ("input", "embed"), name="embed")(x)
+        block = ResBlock(self.width, (self.mlp_dim or self.width) if self.two_layer else None, self.activation,
+                         self.norm, self.layers, parent=None)
+        h, blocks = run_blocks(self, block, h, depth=self.depth, scan=self.scan, unroll=self.unroll,
+                               remat_policy=self.remat_policy, remat_group=self.remat_group,
+                               active_depth=active_depth)
         logits, features = Head(self.num_classes, self.head_depth, final_norm=self.norm != "post",
-                                use_bias=self.use_bias, classifier_bias=self.classifier_bias,
-                                init_scale=self.init_scale, dtype=self.dtype, name="head")(h)
+                                classifier_bias=self.classifier_bias, layers=self.layers, name="head")(h)
         return (logits, features, blocks) if return_blocks else (logits, features)

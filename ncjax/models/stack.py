@@ -1,127 +1,111 @@
-"""Depth as a number: the L blocks as one scanned block (compile time independent
-of L) or as L unrolled blocks, with optional remat, and the parameter converters
-between the two layouts.
+"""Depth as a number: L blocks whose parameters live stacked on a leading 'layers' axis,
+initialised depth-consistently and run as one scanned block (or unrolled), optionally
+rematerialised, optionally masked to a smaller (traced) depth.
 
-Scanned parameters live under ``blocks`` with a leading 'layers' axis of length L;
-unrolled ones under ``blocks_0`` … ``blocks_{L-1}``. ``stack_params`` and
-``unstack_params`` map one layout onto the other so the two paths can be compared
-on identical weights.
+Parameters. The blocks' parameters are one subtree ``blocks`` whose every leaf has a
+leading axis of length L (logical name 'layers'), whatever ``scan``, ``unroll`` or remat
+say, so checkpoints do not depend on how the stack is executed. Block ``l`` is
+initialised from ``jax.random.fold_in(key, l)``, ``key`` being the 'params' key Flax
+hands to the ``blocks`` parameter: a depth-L network's blocks are exactly the first L
+blocks of a deeper network initialised with the same key (``nn.scan``'s ``split_rngs``
+would split the key into L parts and change every block with L).
+
+Masked depth. With ``active_depth`` (an int32 scalar, possibly traced or vmapped), blocks
+with index ≥ ``active_depth`` are the identity: the carry passes unchanged (no branch, no
+LayerNorm) and their parameters receive exactly zero gradient. A stack of ``max(depths)``
+blocks then computes exactly the depth-L network, which is how runs of several depths pack
+into one vmapped program. The per-block output of a masked block is zeros; callers keep the
+first ``active_depth`` entries.
 """
 
 from __future__ import annotations
 
-import re
-from typing import Any, Mapping
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-SCANNED = "blocks"
-_UNROLLED = re.compile(r"^blocks_(\d+)$")
+BLOCKS = "blocks"  # the params key of the stacked blocks
 
 
-def _scanned(block_cls, length: int, unroll: int, axis_name: str | None):
-    return nn.scan(block_cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-                   length=length, unroll=unroll, metadata_params={nn.PARTITION_NAME: axis_name})
+def _is_box(x) -> bool:
+    return isinstance(x, nn.meta.AxisMetadata)
 
 
-class _Group(nn.Module):
-    """``group`` consecutive blocks as one inner scan: the unit two-level remat recomputes."""
+def init_blocks(rng: jax.Array, block: nn.Module, carry: Any, context: tuple, depth: int) -> Any:
+    """Stacked parameters of ``depth`` copies of ``block``, block ``l`` from ``fold_in(rng, l)``.
 
-    block_cls: Any
-    group: int
-    unroll: int
-    block_kwargs: Any
-
-    @nn.compact
-    def __call__(self, h: jax.Array, _) -> tuple[jax.Array, jax.Array]:
-        inner = _scanned(self.block_cls, self.group, self.unroll, "layers")
-        return inner(**self.block_kwargs, name="group")(h, None)
-
-
-def _grouped_stack(block_cls, depth: int, group: int, unroll: int):
-    """An outer scan over depth/group rematerialised groups, each an inner scan of ``group`` blocks.
-
-    The backward pass then keeps one carry per group plus one group's residuals,
-    about depth/group + group carries instead of depth. The parameters are stored
-    as [depth, ...] like the one-level scan (map_variables reshapes them to
-    [depth/group, group, ...] on the way in), so checkpoints do not depend on ``group``.
+    ``block`` is an unbound module; its boxed logical names gain a leading 'layers' axis.
     """
-    def is_box(x):
-        return isinstance(x, nn.LogicallyPartitioned)
+    def one(layer):
+        return block.init(jax.random.fold_in(rng, layer), carry, *context)["params"]
 
-    def to_groups(x):
-        if is_box(x):
-            return x.replace(value=to_groups(x.value), names=(None,) + tuple(x.names))
-        return x.reshape((depth // group, group) + x.shape[1:])
-
-    def to_layers(x):
-        if is_box(x):
-            return x.replace(value=to_layers(x.value), names=tuple(x.names)[1:])
-        return x.reshape((depth,) + x.shape[2:])
-
-    def trans_in(variables):
-        params = variables.get("params", {})
-        if not params or "group" in params:
-            return variables
-        return {**variables, "params": {"group": jax.tree.map(to_groups, params, is_leaf=is_box)}}
-
-    def trans_out(variables):
-        params = variables.get("params", {})
-        if "group" not in params:
-            return variables
-        return {**variables, "params": jax.tree.map(to_layers, params["group"], is_leaf=is_box)}
-
-    outer = _scanned(nn.remat(_Group, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False),
-                     depth // group, 1, None)
-    return nn.map_variables(outer, "params", trans_in_fn=trans_in, trans_out_fn=trans_out, init=True, mutable=True)
+    stacked = jax.vmap(one)(jnp.arange(depth, dtype=jnp.uint32))
+    return jax.tree.map(lambda b: b.add_axis(0, {nn.PARTITION_NAME: "layers"}) if _is_box(b) else b,
+                        stacked, is_leaf=_is_box)
 
 
-def run_blocks(block_cls: type[nn.Module], h: jax.Array, *, depth: int, scan: bool, unroll: int,
-               remat_policy: str | None, remat_group: int | None = None, **block_kwargs
-               ) -> tuple[jax.Array, jax.Array]:
-    """Apply ``depth`` blocks to ``h``; call inside a compact method.
+def _masked(apply_block: Callable, active_depth: jax.Array | None) -> Callable:
+    """``(carry, (params_l, l)) → (carry, output)``, the identity (zero output) where l ≥ active_depth."""
+    if active_depth is None:
+        return lambda carry, xs: apply_block(xs[0], carry)
 
-    ``block_cls(**block_kwargs)(h, None)`` must return ``(h_next, per_block_output)``.
-    Returns the last ``h`` and every block's output stacked on a leading axis [L, ...]
-    (with scan these are the scan's own outputs, so no extra loop is traced).
-    ``remat_group`` (scan only): also rematerialise groups of that many blocks (two-level remat).
+    def skip(params, carry):
+        outputs = jax.eval_shape(apply_block, params, carry)[1]
+        return carry, jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), outputs)
+
+    def step(carry, xs):
+        params, layer = xs
+        # lax.cond skips the block's arithmetic when active_depth is one number; under vmap over
+        # active_depth it becomes a select whose masked side gets a zero cotangent.
+        return jax.lax.cond(layer < active_depth, apply_block, skip, params, carry)
+
+    return step
+
+
+def run_blocks(module: nn.Module, block: nn.Module, carry: Any, context: tuple = (), *, depth: int, scan: bool,
+               unroll: int, remat_policy: str | None, remat_group: int | None = None,
+               active_depth: jax.Array | int | None = None) -> tuple[Any, Any]:
+    """Apply ``depth`` blocks to ``carry``; call inside ``module``'s compact method.
+
+    ``block`` is an unbound module (``parent=None``) with ``block(carry, *context) →
+    (carry, output)``; ``context`` (e.g. a padding mask) is the same for every block.
+    Returns the last carry and every block's output stacked on a leading axis [L, ...].
+    ``remat_policy``: a ``jax.checkpoint_policies`` name, recompute each block in the backward
+    pass; ``remat_group`` (scan only): also recompute groups of that many blocks (two-level
+    remat: about L/group + group saved carries instead of L).
     """
+    params = module.param(BLOCKS, init_blocks, block, carry, context, depth)
+    if isinstance(active_depth, int) and not 0 <= active_depth <= depth:
+        raise ValueError(f"active_depth={active_depth} must lie in 0..{depth} (the model's depth)")
+    if active_depth is not None:
+        active_depth = jnp.asarray(active_depth, jnp.int32)
+
+    def apply_block(params_l, carry):
+        return block.apply({"params": params_l}, carry, *context)
+
     if remat_policy is not None:
         # prevent_cse=False is safe (and faster) only inside a scan, whose loop already stops CSE.
-        block_cls = nn.remat(block_cls, policy=getattr(jax.checkpoint_policies, remat_policy), prevent_cse=not scan)
-    if scan and remat_group:
-        stack = _grouped_stack(block_cls, depth, remat_group, unroll)
-        h, outputs = stack(block_cls=block_cls, group=remat_group, unroll=unroll, block_kwargs=block_kwargs,
-                           name=SCANNED)(h, None)
-        return h, outputs.reshape((depth,) + outputs.shape[2:])
-    if scan:
-        return _scanned(block_cls, depth, unroll, "layers")(**block_kwargs, name=SCANNED)(h, None)
-    outputs = []
-    for i in range(depth):
-        h, out = block_cls(**block_kwargs, name=f"{SCANNED}_{i}")(h, None)
-        outputs.append(out)
-    return h, jnp.stack(outputs)
+        apply_block = jax.checkpoint(apply_block, policy=getattr(jax.checkpoint_policies, remat_policy),
+                                     prevent_cse=not scan)
+    step = _masked(apply_block, active_depth)
+    layers = jnp.arange(depth, dtype=jnp.int32)
+    if not scan:
+        outputs = []
+        for layer in range(depth):
+            carry, out = step(carry, (jax.tree.map(lambda p: p[layer], params), layers[layer]))
+            outputs.append(out)
+        return carry, jax.tree.map(lambda *o: jnp.stack(o), *outputs)
+    if not remat_group:
+        return jax.lax.scan(step, carry, (params, layers), unroll=unroll)
 
+    def grouped(x):
+        return x.reshape((depth // remat_group, remat_group) + x.shape[1:])
 
-def stack_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Unrolled params (``blocks_0`` … ``blocks_{L-1}``) → scanned params (``blocks``, leading axis L)."""
-    layers = sorted((int(m.group(1)), k) for k in params if (m := _UNROLLED.match(k)))
-    if [i for i, _ in layers] != list(range(len(layers))) or not layers:
-        raise ValueError(f"expected unrolled block params blocks_0..blocks_{{L-1}}, got keys {sorted(params)}")
-    out = {k: v for k, v in params.items() if not _UNROLLED.match(k)}
-    out[SCANNED] = jax.tree.map(lambda *xs: jnp.stack(xs), *(params[k] for _, k in layers))
-    return out
+    def run_group(carry, xs):
+        return jax.lax.scan(step, carry, xs, unroll=unroll)
 
-
-def unstack_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Scanned params (``blocks`` with leading axis L) → unrolled params (``blocks_0`` … ``blocks_{L-1}``)."""
-    if SCANNED not in params:
-        raise ValueError(f"expected scanned block params under {SCANNED!r}, got keys {sorted(params)}")
-    stacked = params[SCANNED]
-    depth = jax.tree.leaves(stacked)[0].shape[0]
-    out = {k: v for k, v in params.items() if k != SCANNED}
-    for i in range(depth):
-        out[f"{SCANNED}_{i}"] = jax.tree.map(lambda x: x[i], stacked)
-    return out
+    run_group = jax.checkpoint(run_group, policy=jax.checkpoint_policies.nothing_saveable, prevent_cse=False)
+    carry, outputs = jax.lax.scan(run_group, carry, jax.tree.map(grouped, (params, layers)))
+    return carry, jax.tree.map(lambda o: o.reshape((depth,) + o.shape[2:]), outputs)

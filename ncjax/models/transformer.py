@@ -1,6 +1,12 @@
-"""L-T11 and L-T12 (science.md §2): transformer blocks of multi-head
-self-attention plus a one-layer (``σ(W h + b)``) or two-layer MLP, pre-LN or
-post-LN, on image patches or on token sequences, pooled by a CLS token or a mean.
+"""L-T11 and L-T12 (science.md §2): transformer blocks of multi-head self-attention plus a
+one-layer (``σ(W h + b)``) or two-layer MLP, on image patches or on token sequences, pooled
+by a CLS token or a mean.
+
+LayerNorm placement (``norm``): 'post' normalises after each residual add,
+``h ← LN(h + Attn(h)); h ← LN(h + MLP(h))``, with no LayerNorm before the head (the
+vision transformers' most likely reading, an inference: science.md §2); 'pre' normalises
+each branch's input, ``h ← h + Attn(LN(h)); h ← h + MLP(LN(h))``, plus one LayerNorm
+before the head (the paper's text models).
 """
 
 from __future__ import annotations
@@ -9,48 +15,49 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from ncjax.models.layers import ACTIVATIONS, Head, dense, kernel_init, layer_norm, zeros
+from ncjax.models.layers import ACTIVATIONS, Head, Layers
 from ncjax.models.stack import run_blocks
 
 PAD_TOKEN = 0  # token id 0 is padding: masked out of attention and of mean pooling
 
 
-def pool(h: jax.Array, pooling: str, valid: jax.Array) -> jax.Array:
-    """[B, T, d] → [B, d]: the CLS token (prepended at position 0) or the mean over valid tokens."""
+def pool(h: jax.Array, pooling: str, valid: jax.Array | None) -> jax.Array:
+    """[B, T, d] → [B, d]: the CLS token (prepended at position 0) or the mean over valid tokens
+    (``valid`` [B, T] bool, None when every token is valid)."""
     if pooling == "cls":
         return h[:, 0]
+    if valid is None:
+        return jnp.mean(h, axis=1)
     weights = valid.astype(h.dtype)[..., None]
     return jnp.sum(h * weights, axis=1) / jnp.maximum(jnp.sum(weights, axis=1), 1)
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with kernels named ('embed', 'heads', 'kv') and ('heads', 'kv', 'embed')."""
+    """Multi-head self-attention with kernels named ('embed', 'heads', 'kv') and ('heads', 'kv', 'embed').
+
+    ``valid`` [B, T] masks padding keys; None (images: no token is padding) means no mask at all.
+    """
 
     num_heads: int
-    use_bias: bool
-    init_scale: float
-    dtype: jnp.dtype
+    layers: Layers
 
     @nn.compact
-    def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, valid: jax.Array | None) -> jax.Array:
         d = x.shape[-1]
         shape = (self.num_heads, d // self.num_heads)
 
         def proj(name):
-            return nn.DenseGeneral(shape, axis=-1, use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                                   kernel_init=kernel_init(self.init_scale, ("embed", "heads", "kv")),
-                                   bias_init=zeros(("heads", "kv")), name=name)(x)
+            return self.layers.dense_general(shape, -1, ("embed", "heads", "kv"), name=name)(x)
 
-        y = nn.dot_product_attention(proj("query"), proj("key"), proj("value"), dtype=self.dtype,
-                                     mask=valid[:, None, None, :])
-        return nn.DenseGeneral(d, axis=(-2, -1), use_bias=self.use_bias, dtype=self.dtype, param_dtype=jnp.float32,
-                               kernel_init=kernel_init(self.init_scale, ("heads", "kv", "embed")),
-                               bias_init=zeros(("embed",)), name="out")(y)
+        mask = None if valid is None else valid[:, None, None, :]
+        y = nn.dot_product_attention(proj("query"), proj("key"), proj("value"), mask=mask, dtype=self.layers.dtype,
+                                     precision=self.layers.lax_precision)
+        return self.layers.dense_general(d, (-2, -1), ("heads", "kv", "embed"), name="out")(y)
 
 
 class TransformerBlock(nn.Module):
-    """Attention then MLP, each a residual branch; 'pre' normalises branch inputs,
-    'post' normalises after each add. ``mlp_dim`` None: one-layer MLP (L-T11)."""
+    """Attention then MLP, each a residual branch (placement ``norm`` as in the module docstring).
+    ``mlp_dim`` None: one-layer MLP (L-T11); an int: two layers through that width (L-T12)."""
 
     width: int
     num_heads: int
@@ -58,31 +65,27 @@ class TransformerBlock(nn.Module):
     activation: str
     norm: str
     pooling: str
-    use_bias: bool
-    init_scale: float
-    dtype: jnp.dtype
+    layers: Layers
 
     def _mlp(self, u: jax.Array) -> jax.Array:
         act = ACTIVATIONS[self.activation]
-        common = dict(use_bias=self.use_bias, init_scale=self.init_scale, dtype=self.dtype)
         if self.mlp_dim is None:
-            return act(dense(self.width, ("embed", "mlp"), name="linear", **common)(u))
-        u = act(dense(self.mlp_dim, ("embed", "mlp"), name="linear_1", **common)(u))
-        return dense(self.width, ("mlp", "embed"), name="linear_2", **common)(u)
+            return act(self.layers.dense(self.width, ("embed", "mlp"), name="linear")(u))
+        u = act(self.layers.dense(self.mlp_dim, ("embed", "mlp"), name="linear_1")(u))
+        return self.layers.dense(self.width, ("mlp", "embed"), name="linear_2")(u)
 
     @nn.compact
-    def __call__(self, carry: tuple[jax.Array, jax.Array], _) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
-        h, valid = carry  # valid [B, T]: the padding mask rides along the scan's carry
-        attn = SelfAttention(self.num_heads, self.use_bias, self.init_scale, self.dtype, name="attention")
-        norm_1 = layer_norm(use_bias=self.use_bias, dtype=self.dtype, name="norm_1")
-        norm_2 = layer_norm(use_bias=self.use_bias, dtype=self.dtype, name="norm_2")
+    def __call__(self, h: jax.Array, valid: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+        attn = SelfAttention(self.num_heads, self.layers, name="attention")
+        norm_1 = self.layers.layer_norm("norm_1")
+        norm_2 = self.layers.layer_norm("norm_2")
         if self.norm == "pre":
             h = h + attn(norm_1(h), valid)
             h = h + self._mlp(norm_2(h))
         else:
             h = norm_1(h + attn(h, valid))
             h = norm_2(h + self._mlp(h))
-        return (h, valid), pool(h, self.pooling, valid)
+        return h, pool(h, self.pooling, valid)
 
 
 class Transformer(nn.Module):
@@ -107,18 +110,17 @@ class Transformer(nn.Module):
     patch_size: int
     vocab_size: int
     max_len: int
-    use_bias: bool
     classifier_bias: bool
     head_depth: int
-    init_scale: float
-    dtype: jnp.dtype
+    layers: Layers
     scan: bool
     unroll: int
     remat_policy: str | None
     remat_group: int | None
 
-    def _embed(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Embedded tokens [B, T, d] and their validity mask [B, T]."""
+    def _embed(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+        """Embedded tokens [B, T, d] and their validity mask [B, T] (None: no token is padding)."""
+        dtype = self.layers.dtype
         if self.input == "image":
             b, hgt, wid, c = x.shape
             p = self.patch_size
@@ -126,44 +128,43 @@ class Transformer(nn.Module):
                 raise ValueError(f"image {hgt}x{wid} is not divisible into model.patch_size={p} patches; "
                                  f"choose a patch_size that divides both sides")
             x = x.reshape(b, hgt // p, p, wid // p, p, c).transpose(0, 1, 3, 2, 4, 5)
-            x = x.reshape(b, (hgt // p) * (wid // p), p * p * c).astype(self.dtype)
-            h = dense(self.width, ("input", "embed"), use_bias=self.use_bias, init_scale=self.init_scale,
-                      dtype=self.dtype, name="embed")(x)
+            x = x.reshape(b, (hgt // p) * (wid // p), p * p * c).astype(dtype)
+            h = self.layers.dense(self.width, ("input", "embed"), name="embed")(x)
             num_positions = h.shape[1]
-            valid = jnp.ones(h.shape[:2], bool)
+            valid = None
         else:
             if x.shape[1] > self.max_len:
                 raise ValueError(f"sequence length {x.shape[1]} exceeds model.max_len={self.max_len}; "
                                  "raise max_len or truncate the inputs")
             table = nn.with_logical_partitioning(
-                nn.initializers.variance_scaling(self.init_scale**2, "fan_in", "normal", out_axis=0),
+                nn.initializers.variance_scaling(self.layers.init_scale**2, "fan_in", "normal", out_axis=0),
                 ("vocab", "embed"))
-            h = nn.Embed(self.vocab_size, self.width, dtype=self.dtype, param_dtype=jnp.float32,
+            h = nn.Embed(self.vocab_size, self.width, dtype=dtype, param_dtype=jnp.float32,
                          embedding_init=table, name="embed")(x)
             num_positions = self.max_len
             valid = x != PAD_TOKEN
         positions = self.param("positions", nn.with_logical_partitioning(nn.initializers.normal(0.02), (None, "embed")),
                                (num_positions, self.width), jnp.float32)
-        h = h + positions[: h.shape[1]].astype(self.dtype)
+        h = h + positions[: h.shape[1]].astype(dtype)
         if self.pooling == "cls":
             cls = self.param("cls", nn.with_logical_partitioning(nn.initializers.normal(0.02), ("embed",)),
                              (self.width,), jnp.float32)
-            h = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (h.shape[0], 1, self.width)), h], axis=1)
-            valid = jnp.concatenate([jnp.ones((h.shape[0], 1), bool), valid], axis=1)
+            h = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (h.shape[0], 1, self.width)), h], axis=1)
+            if valid is not None:
+                valid = jnp.concatenate([jnp.ones((h.shape[0], 1), bool), valid], axis=1)
         return h, valid
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False, return_blocks: bool = False):
+    def __call__(self, x: jax.Array, train: bool = False, return_blocks: bool = False,
+                 active_depth: jax.Array | int | None = None):
         del train  # no stochastic or batch-dependent layers; kept for one signature across models
         h, valid = self._embed(x)
-        (h, _), blocks = run_blocks(
-            TransformerBlock, (h, valid), depth=self.depth, scan=self.scan, unroll=self.unroll,
-            remat_policy=self.remat_policy, remat_group=self.remat_group, width=self.width,
-            num_heads=self.num_heads,
-            mlp_dim=(self.mlp_dim or self.width) if self.two_layer else None, activation=self.activation,
-            norm=self.norm, pooling=self.pooling, use_bias=self.use_bias, init_scale=self.init_scale,
-            dtype=self.dtype)
+        block = TransformerBlock(self.width, self.num_heads, (self.mlp_dim or self.width) if self.two_layer else None,
+                                 self.activation, self.norm, self.pooling, self.layers, parent=None)
+        h, blocks = run_blocks(self, block, h, (valid,), depth=self.depth, scan=self.scan, unroll=self.unroll,
+                               remat_policy=self.remat_policy, remat_group=self.remat_group,
+                               active_depth=active_depth)
         logits, features = Head(self.num_classes, self.head_depth, final_norm=self.norm == "pre",
-                                use_bias=self.use_bias, classifier_bias=self.classifier_bias,
-                                init_scale=self.init_scale, dtype=self.dtype, name="head")(pool(h, self.pooling, valid))
+                                classifier_bias=self.classifier_bias, layers=self.layers,
+                                name="head")(pool(h, self.pooling, valid))
         return (logits, features, blocks) if return_blocks else (logits, features)
