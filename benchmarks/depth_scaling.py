@@ -7,11 +7,10 @@ sgd/adam) and reports:
 - compile: lower + compile wall time (median of --compiles fresh traces),
 - step: median wall time of one step over interleaved rounds (every config is
   timed in every round, so background load hits all of them alike),
-- GFLOP/s: the model's FLOPs per step over the step time, and ``mm`` that rate
-  over the rate of one jitted square matmul of the same FLOPs on this machine.
-  XLA's cost analysis counts a while-loop body once, so the FLOPs of depth L are
-  a + b·L fitted to the unrolled steps at depths 2 and 3 (recomputation by remat
-  is not counted, as in the usual model-FLOPs convention),
+- GFLOP/s: the model's matmul FLOPs per step (counted from the traced gradient,
+  benchmarks/flops.py; recomputation by remat is not counted, the usual model-FLOPs
+  convention) over the step time, and ``mm`` that rate over the rate of one jitted
+  square matmul of the same FLOPs on this machine,
 - remat ``on/k``: blocks rematerialised (--remat-policy) and groups of k blocks too
   (model.remat_group, two-level: about L/k + k saved carries instead of L),
 - temp: XLA's temporary buffer bytes (compiled.memory_analysis()), i.e. the
@@ -31,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import flops
 from ncjax import models
 from ncjax.objective import data_loss, l2_penalty
 
@@ -80,16 +80,23 @@ def train_step(args, depth: int, scan: bool, remat: bool):
     return compiled, state, (x, y), statistics.median(seconds)
 
 
-def flops_per_step(args) -> tuple[float, float]:
-    """(a, b) with FLOPs(L) = a + b·L, from XLA's cost analysis of unrolled depths 2 and 3."""
-    f2, f3 = (train_step(argparse.Namespace(**{**vars(args), "compiles": 1}), d, False, False)[0]
-              .cost_analysis()["flops"] for d in (2, 3))
-    return f2 - 2 * (f3 - f2), f3 - f2
+def model_flops(args, depth: int) -> int:
+    """Matmul FLOPs of one step at this depth (benchmarks/flops.py), counted on the step without remat."""
+    c = models.default_config()
+    c.update(name=args.model, depth=depth, width=WIDTH, input="vector" if args.model.startswith("rn") else "image")
+    module = models.build(c)
+    x, y = sample_batch(args.model)
+    params = jax.eval_shape(lambda: models.init(module, jax.random.key(0), x)["params"])
+
+    def gradient(p):
+        return jax.grad(lambda p: data_loss(module.apply({"params": p}, x)[0], y, "ce") + LAMBDA * l2_penalty(p))(p)
+
+    return flops.count_flops(gradient, params)
 
 
-def matmul_rate(flops: float, rounds: int) -> float:
-    """FLOP/s of one jitted square matmul with ``flops`` FLOPs."""
-    n = max(8, round((flops / 2) ** (1 / 3)))
+def matmul_rate(count: float, rounds: int) -> float:
+    """FLOP/s of one jitted square matmul with ``count`` FLOPs."""
+    n = max(8, round((count / 2) ** (1 / 3)))
     a = jnp.ones((n, n), jnp.float32)
     mm = jax.jit(jnp.matmul).lower(a, a).compile()
     mm(a, a).block_until_ready()
@@ -118,7 +125,6 @@ def main():
 
     print(f"# {args.model}, batch {BATCH}, width {WIDTH}, {args.optimizer}, CE + {LAMBDA}·L2, "
           f"{jax.devices()[0].platform} × {jax.device_count()}, jax {jax.__version__}")
-    a, b = flops_per_step(args)
     configs = {}
     for depth in depths:
         for scan in (True, False):
@@ -145,9 +151,9 @@ def main():
     for key, (compiled, _, _, compile_s) in configs.items():
         depth, scan, remat = key
         step_s = statistics.median(times[key])
-        flops = a + b * depth
-        rate = flops / step_s
-        mm = rate / matmul_rate(flops, args.rounds)
+        step_flops = model_flops(args, depth)
+        rate = step_flops / step_s
+        mm = rate / matmul_rate(step_flops, args.rounds)
         temp = compiled.memory_analysis().temp_size_in_bytes / 2**20
         rows[key] = dict(compile=compile_s, step=step_s, mm=mm, temp=temp)
         group = remat_group(args, depth, scan, remat)

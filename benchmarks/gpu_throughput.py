@@ -5,11 +5,12 @@ vmapped, jit over the full device mesh), compile it, time ``--steps`` steps afte
 ``--warmup`` steps, and report steps/s, examples/s, the step's FLOPs and the model FLOP
 utilisation (MFU = FLOPs per step × steps/s ÷ (peak FLOP/s per device × devices)).
 
-FLOPs come from XLA's cost analysis of the compiled step. XLA counts a while-loop body once,
-so with ``scan=True`` the per-depth FLOPs are taken from an unrolled compile at depths 1
-and 2 (``a + b·L``, exact for a stack of identical blocks; remat recomputation is not counted,
-the usual model-FLOPs convention). Peak FLOP/s: ``--peak_tflops`` (e.g. 989 for an H100 SXM
-in bfloat16 dense, 197 for a TPU v5e chip); 0 prints no MFU.
+FLOPs are the matmul FLOPs of the traced step (``benchmarks/flops.py``: every dot_general of
+the jaxpr, scan bodies times their length), not XLA's cost analysis of the compiled step,
+which counts a while loop's body once and misses the cuBLAS calls on GPUs. They are counted
+on the same step built without remat (the usual model-FLOPs convention: recomputation is
+not counted). Peak FLOP/s: ``--peak_tflops`` (e.g. 989 for an H100 SXM in bfloat16 dense,
+197 for a TPU v5e chip); 0 prints no MFU.
 
     # the figures of docs/performance.md (one GPU):
     python benchmarks/gpu_throughput.py --width=768 --heads=12 --depths=12,48,96 --dtype=bfloat16 \\
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import flops
 from ncjax import experiment, models, parallel, train
 
 
@@ -66,19 +68,10 @@ def build(args, depth: int, scan: bool, mesh):
     return program, xs, ys
 
 
-def step_flops(args, depth: int, mesh) -> float:
-    """FLOPs of one step (all seeds, all devices together) from XLA's cost analysis."""
-    def flops_of(d, scan):
-        program, xs, ys = build(args, d, scan, mesh)
-        compiled = program.step.lower(program.abstract_state, xs, ys).compile()
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-        return float(cost.get("flops", 0.0))
-
-    if not args.scan:
-        return flops_of(depth, False)
-    f1, f2 = flops_of(1, False), flops_of(2, False)
-    return f1 + (f2 - f1) * (depth - 1)
+def step_flops(args, depth: int, mesh) -> int:
+    """Matmul FLOPs of one step (all seeds, all devices together), counted from its jaxpr without remat."""
+    program, xs, ys = build(argparse.Namespace(**{**vars(args), "remat": ""}), depth, args.scan, mesh)
+    return flops.count_flops(program.step, program.abstract_state, xs, ys)
 
 
 def measure(args, depth: int, mesh) -> dict:

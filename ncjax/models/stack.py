@@ -76,7 +76,10 @@ def run_blocks(module: nn.Module, block: nn.Module, carry: Any, context: tuple =
     pass; ``remat_group`` (scan only): also recompute groups of that many blocks (two-level
     remat: about L/group + group saved carries instead of L).
     """
-    params = module.param(BLOCKS, init_blocks, block, carry, context, depth)
+    if module.has_variable("params", BLOCKS):  # apply: every block layer checks its own shapes
+        params = module.get_variable("params", BLOCKS)
+    else:
+        params = module.param(BLOCKS, init_blocks, block, carry, context, depth)
     if isinstance(active_depth, int) and not 0 <= active_depth <= depth:
         raise ValueError(f"active_depth={active_depth} must lie in 0..{depth} (the model's depth)")
     if active_depth is not None:
