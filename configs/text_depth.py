@@ -19,7 +19,8 @@ IMDB must be prepared first on a machine with network:
 
 from ncjax import experiment
 
-PRESETS = {"data": ("imdb", "synthetic"), "size": ("default", "quick", "paper"), "ln": ("free_ln", "nonpaper_affine_ln")}
+PRESETS = {"data": ("imdb", "synthetic"), "size": ("default", "quick", "paper"),
+           "ln": ("free_ln", "nonpaper_affine_ln")}
 
 
 def get_config(arg=None):
@@ -44,5 +45,8 @@ def get_config(arg=None):
         c.train.batch_size = 128
         c.train.epochs = 40
         c.checkpoint.every_steps = 500
+        # CPU-sized depths: unrolled blocks make the transformer step faster on a CPU
+        # (benchmarks/cpu_transformer_step.py); compile time then grows with depth.
+        c.model.scan = False
     experiment.apply_size(c, p["size"])
     return c

@@ -50,6 +50,9 @@ def get_config(arg=None):
         c.train.batch_size = 128
         c.train.epochs = 100
         c.checkpoint.every_steps = 350
+        # CPU-sized depths: unrolled blocks make the transformer step faster on a CPU
+        # (benchmarks/cpu_transformer_step.py); compile time then grows with depth.
+        c.model.scan = False
     if p["data"] != "mnist":
         c.data.source = DATA_SOURCES[p["data"]]
     elif p["size"] == "paper":

@@ -88,8 +88,9 @@ def depth_mask(params, active_depth: jax.Array | int | None) -> Any:
     """A pytree like ``params`` of float32 arrays broadcastable to each leaf: 1 on every entry
     that belongs to the network of depth ``active_depth``, 0 on blocks ≥ ``active_depth``.
 
-    ``params`` are one run's (inside the vmap over runs). Multiply a packed run's updates by it so that masked blocks never move, whatever the
-    optimiser (their gradients are already zero; decoupled decay would still shrink them).
+    ``params`` are one run's (inside the vmap over runs). Multiply a packed run's updates by it
+    so that masked blocks never move, whatever the optimiser (their gradients are already zero;
+    decoupled decay would still shrink them).
     ``active_depth=None``: every entry belongs (all ones).
     """
     def mask(path, leaf):

@@ -185,8 +185,7 @@ REMAT = {"remat_policy": "nothing_saveable", "unroll": 2}
 @pytest.mark.parametrize("name, norm, pooling, variants", [
     ("rn1", "pre", "cls", [{"scan": False}, REMAT]),
     ("rn2", "final", "cls", [{"unroll": 3}]),
-    ("t11", "post", "cls", [{"scan": False}]),
-    ("t12", "pre", "mean", [{"remat_policy": "dots_saveable", "unroll": 2}]),
+    ("t11", "post", "cls", [{"scan": False, "remat_policy": "dots_saveable"}]),
 ])
 def test_execution_variants_agree(name, norm, pooling, variants):
     """Scanned, unrolled, rematerialised: one parameter layout, the same numbers (to float tolerance)."""
@@ -200,7 +199,7 @@ def test_execution_variants_agree(name, norm, pooling, variants):
             jax.eval_shape(lambda: models.init(variant, jax.random.key(0), x))["params"], params)
         out, grad = forward_and_grad(variant, params, x)
         chex.assert_trees_all_close(out, ref, rtol=1e-5, atol=1e-5)
-        chex.assert_trees_all_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
+        chex.assert_trees_all_close(grad, ref_grad, rtol=1e-4, atol=5e-5)
 
 
 # ------------------------------------------------------------------ depth consistency and packing
@@ -223,26 +222,29 @@ def test_init_is_depth_consistent():
 
 @pytest.mark.parametrize("name, norm, packed_overrides, depths", [
     ("rn1", "post", {"scan": False}, (1, 3)),
-    ("t12", "pre", {"remat_policy": "nothing_saveable", "remat_group": 2, "pooling": "mean"}, (2, 4)),
+    ("t12", "pre", {"remat_policy": "nothing_saveable", "remat_group": 2, "pooling": "mean", "input": "image"},
+     (2, 4)),
 ])
 def test_packed_depths_equal_separate_models(name, norm, packed_overrides, depths):
     """A stack of max(depths) blocks vmapped over active_depth equals the separate plain models of each
-    depth (same key) in outputs and gradients; masked blocks get exactly zero gradient."""
-    x = INPUTS[name][1]
+    depth (same key) in outputs and gradients; masked blocks get exactly zero gradient. The second case
+    also checks two-level remat against the plain scan."""
+    x = INPUTS["t11" if packed_overrides.get("input") == "image" else name][1]
     key = jax.random.key(7)
     packed = models.build(config(name, depth=max(depths), norm=norm, **packed_overrides))
     params = models.init(packed, key, x)["params"]
     outs, grads = _packed(packed, params, x, jnp.asarray(depths, jnp.int32))
     for i, depth in enumerate(depths):
-        single = models.build(config(name, depth=depth, norm=norm, pooling=packed_overrides.get("pooling", "cls")))
+        single = models.build(config(name, depth=depth, norm=norm, pooling=packed_overrides.get("pooling", "cls"),
+                                     input=packed_overrides.get("input", INPUTS[name][0])))
         ref, ref_grad = forward_and_grad(single, models.init(single, key, x)["params"], x)
         logits, features, blocks = jax.tree.map(lambda a: a[i], outs)
         chex.assert_trees_all_close((logits, features, blocks[:depth]), ref, rtol=1e-5, atol=1e-5)
         grad = jax.tree.map(lambda a: a[i], grads)
         chex.assert_trees_all_close({k: v for k, v in grad.items() if k != models.BLOCKS},
-                                    {k: v for k, v in ref_grad.items() if k != models.BLOCKS}, rtol=1e-4, atol=1e-5)
+                                    {k: v for k, v in ref_grad.items() if k != models.BLOCKS}, rtol=1e-4, atol=5e-5)
         chex.assert_trees_all_close(jax.tree.map(lambda a: a[:depth], grad[models.BLOCKS]), ref_grad[models.BLOCKS],
-                                    rtol=1e-4, atol=1e-5)
+                                    rtol=1e-4, atol=5e-5)
         for leaf in jax.tree.leaves(grad[models.BLOCKS]):
             assert np.all(np.asarray(leaf[depth:]) == 0)
 
