@@ -10,6 +10,11 @@ that comes and goes on a shared machine hits all variants alike. It prints one l
 variant: the min and median wall time per step over the rounds, the median process CPU
 time per step, and the median's ratio to PyTorch eager.
 
+On a shared machine read the min column first: it is the least disturbed by other jobs.
+PyTorch's OpenMP threads lose far more than XLA's pool when the cores are oversubscribed
+(its median can be several times its min), so a PyTorch ratio measured under load says
+little about a quiet machine; the ncjax-before/after ratios stay comparable.
+
 Variants:
 - ``ncjax@REV``: the ``ncjax`` package of git revision REV (``--before``, e.g. the commit
   before a change), extracted with ``git archive`` into a temporary folder;

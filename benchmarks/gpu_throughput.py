@@ -37,7 +37,7 @@ def model_config(args, depth: int, scan: bool):
     c = experiment.base_config()
     m = c.model
     m.name, m.depth, m.width, m.num_classes = args.model, depth, args.width, 10
-    m.dtype, m.scan = args.dtype, scan
+    m.dtype, m.scan, m.precision = args.dtype, scan, args.precision
     if args.model in ("t11", "t12"):
         m.num_heads, m.patch_size, m.pooling, m.input = args.heads, args.patch, "cls", "image"
     else:
@@ -89,7 +89,8 @@ def measure(args, depth: int, mesh) -> dict:
     jax.block_until_ready((state, aux))
     seconds = (time.perf_counter() - t0) / args.steps
     flops = step_flops(args, depth, mesh)
-    row = dict(model=args.model, depth=depth, width=args.width, dtype=args.dtype, batch=args.batch,
+    row = dict(model=args.model, depth=depth, width=args.width, dtype=args.dtype, precision=args.precision,
+               batch=args.batch,
                seeds=args.seeds, devices=mesh.size, backend=jax.default_backend(),
                device_kind=jax.devices()[0].device_kind, compile_s=round(compile_s, 2),
                step_ms=round(seconds * 1e3, 3), steps_per_s=round(1 / seconds, 3),
@@ -110,6 +111,8 @@ def main(argv=None):
     p.add_argument("--image", type=int, default=28, help="side of the square input image")
     p.add_argument("--depths", default="12,48,96")
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
+    p.add_argument("--precision", default="highest", choices=("highest", "high", "default"),
+                   help="model.precision of every matmul (default: highest, exact float32; default: e.g. TF32)")
     p.add_argument("--batch", type=int, default=256, help="global batch per seed")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--optimizer", default="adam", choices=train.OPTIMIZERS)
