@@ -56,7 +56,10 @@ def default_config() -> ml_collections.ConfigDict:
     c.input = "image"  # image [B,H,W,C] | vector [B,D] (ResNets) | tokens int [B,T] (transformers)
     c.vocab_size = 256  # tokens: bytes by default
     c.max_len = 512  # tokens: longest sequence (learned positions)
-    c.scan = True  # nn.scan over blocks (compile time independent of depth)
+    # True: one traced block in a lax.scan (compile time independent of depth; fastest on GPUs).
+    # False: L unrolled blocks (compile time grows with L; faster for small transformers on a CPU).
+    # Neither this nor unroll/remat_* changes the parameters or the math: execution settings only.
+    c.scan = True
     c.unroll = 1  # blocks per scan iteration
     c.remat_policy = config_dict.placeholder(str)  # None = no remat, else a jax.checkpoint_policies name
     # With scan and a remat_policy: also rematerialise groups of this many blocks (must divide depth);
