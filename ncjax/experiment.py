@@ -42,8 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, max_to_keep=config_dict.placeholder(int)))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
     c.eval_batch_size = 512
-    c.log_every_steps = 50
-    c.progress = True  # a progress bar per depth (steps/s, ETA)
+    c.log_every_steps = 50  # train_log.jsonl and TensorBoard: loss, its parts, gradient norm
+    c.steps_per_call = 1000  # most train steps in one compiled call (blocks also end at log/checkpoint steps)
+    c.progress = True  # a progress bar per group (steps/s, ETA)
     return c
 
 
@@ -77,8 +78,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail(f"checkpoint.every_steps={c.checkpoint.every_steps!r} must be a positive integer")
     if c.checkpoint.max_to_keep is not None and c.checkpoint.max_to_keep < 1:
         _fail(f"checkpoint.max_to_keep={c.checkpoint.max_to_keep!r} must be >= 1 (or unset to keep all)")
-    if c.eval_batch_size < 1 or c.log_every_steps < 1:
-        _fail("eval_batch_size and log_every_steps must be positive integers")
+    for field in ("eval_batch_size", "log_every_steps", "steps_per_call"):
+        if not isinstance(c[field], int) or c[field] < 1:
+            _fail(f"{field}={c[field]!r} must be a positive integer")
     probe = ml_collections.ConfigDict(c.model.to_dict())
     probe.depth = depths[0]
     try:

@@ -26,12 +26,7 @@ COLUMNS = ("kind", "depth", "seed", "step", "epoch", "train_loss", "l2_penalty",
 
 def final_rows(workdir: Path | str) -> list[dict[str, Any]]:
     """The last metrics line of every run."""
-    rows = []
-    for depth, seed, run in records.runs(workdir):
-        lines = records.read_metrics(run)
-        if lines:
-            rows.append(dict(lines[-1], kind="run", depth=depth, seed=seed))
-    return rows
+    return [dict(lines[-1], kind="run") for lines in map(records.read_metrics, records.run_folders(workdir)) if lines]
 
 
 def log_log_slope(depths, values) -> float:
@@ -74,9 +69,7 @@ def write(workdir: Path | str) -> Path:
     writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(table)
-    tmp = workdir / "summary.csv.tmp"
-    tmp.write_text(text.getvalue())
-    tmp.replace(workdir / "summary.csv")
+    records.atomic_write(workdir / "summary.csv", text.getvalue())
     plot(rows, workdir / "nc_vs_depth.png", title=records.read_config(workdir).get("name", workdir.name))
     return workdir
 
@@ -119,6 +112,7 @@ def save_figure(fig, path: Path) -> None:
 
     fig.axes[0].grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    with Path(path).open("wb") as f:
-        fig.savefig(f, format="png")
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
+    records.atomic_write(Path(path), png.getvalue())

@@ -120,59 +120,7 @@ def test_data_error_is_a_value_error():
     assert issubclass(data.DataError, ValueError)
 
 
-# --- batching ---------------------------------------------------------------------
-
-
-def _epoch(n, batch_size, seed, epoch, **kwargs):
-    x = np.arange(n)
-    return list(data.train_batches(x, x * 10, batch_size, seed, epoch, **kwargs))
-
-
-def test_train_batches_deterministic_permutation():
-    batches = _epoch(103, 10, seed=5, epoch=2)
-    assert len(batches) == data.steps_per_epoch(103, 10) == 10
-    for bx, by in batches:
-        assert bx.shape == (10,)
-        np.testing.assert_array_equal(by, bx * 10)
-    seen = np.concatenate([bx for bx, _ in batches])
-    assert len(np.unique(seen)) == 100 and seen.max() < 103
-    again = _epoch(103, 10, seed=5, epoch=2)
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again))
-    full = np.concatenate([bx for bx, _ in _epoch(100, 10, seed=5, epoch=2)])
-    np.testing.assert_array_equal(np.sort(full), np.arange(100))
-    for other in (_epoch(103, 10, seed=5, epoch=3), _epoch(103, 10, seed=6, epoch=2)):
-        assert not np.array_equal(seen, np.concatenate([bx for bx, _ in other]))
-
-
-def test_train_batches_process_slices_concatenate_to_global_batch():
-    single = _epoch(64, 16, seed=0, epoch=1)
-    per_process = [
-        _epoch(64, 16, seed=0, epoch=1, process_index=p, process_count=4) for p in range(4)
-    ]
-    for step, (bx, by) in enumerate(single):
-        assert all(parts[step][0].shape == (4,) for parts in per_process)
-        np.testing.assert_array_equal(np.concatenate([parts[step][0] for parts in per_process]), bx)
-        np.testing.assert_array_equal(np.concatenate([parts[step][1] for parts in per_process]), by)
-
-
-def test_train_batches_start_step_resumes():
-    full = _epoch(50, 8, seed=1, epoch=0, process_index=1, process_count=2)
-    resumed = _epoch(50, 8, seed=1, epoch=0, process_index=1, process_count=2, start_step=4)
-    assert len(resumed) == len(full) - 4
-    for (a, _), (b, _) in zip(full[4:], resumed):
-        np.testing.assert_array_equal(a, b)
-    assert _epoch(50, 8, seed=1, epoch=0, start_step=6) == []
-
-
-def test_batching_bad_inputs():
-    with pytest.raises(data.DataError, match="multiple of the process count 3"):
-        _epoch(64, 16, seed=0, epoch=0, process_count=3)
-    with pytest.raises(data.DataError, match="larger than the 10 training examples"):
-        _epoch(10, 16, seed=0, epoch=0)
-    with pytest.raises(data.DataError, match="start_step=9"):
-        _epoch(64, 8, seed=0, epoch=0, start_step=9)
-    with pytest.raises(data.DataError, match="process_index=2"):
-        _epoch(64, 8, seed=0, epoch=0, process_index=2, process_count=2)
+# --- evaluation batches (training batches: tests/test_feed.py) ---------------------
 
 
 def test_eval_batches_pad_the_tail():

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ncjax.checkpoints import load_params
+
 REPO = Path(__file__).resolve().parents[1]
 QUICK = ["--config=configs/vit_depth.py:quick", "--config.train.steps=40", "--config.checkpoint.every_steps=20",
          "--config.progress=False", "--config.data.n_per_class=24"]
@@ -50,7 +52,6 @@ def test_workdir_contract(finished):
     for depth in (1, 2):
         for seed in (0, 1):
             run = finished / f"depth_{depth:03d}" / f"seed_{seed}"
-            assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["20", "40"]
             lines = metrics_lines(run)
             assert [line["step"] for line in lines] == [20, 40]
             for line in lines:
@@ -62,6 +63,15 @@ def test_workdir_contract(finished):
                 assert all(np.isfinite(line["nc1_per_block"]))
                 assert 0 <= line["nc4"] <= 1 and 0 <= line["train_accuracy"] <= 1
             assert any((run / "tensorboard").iterdir())
+            log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+            assert [r["step"] for r in log] == [10, 20, 30, 40]
+            assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in log)
+        # all seeds of a depth in one atomic checkpoint step
+        checkpoints = finished / f"depth_{depth:03d}" / "checkpoints"
+        assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["20", "40"]
+        params = load_params(finished, depth=depth, seed=1)
+        assert params["blocks"]["norm_1"]["scale"].shape[0] == depth  # one run's scanned blocks, no seed axis
+        assert not np.array_equal(params["embed"]["kernel"], load_params(finished, depth=depth, seed=0)["embed"]["kernel"])
     rows = (finished / "summary.csv").read_text().splitlines()
     assert rows[0].startswith("kind,depth,seed")
     assert sum(r.startswith("run,") for r in rows) == 4 and sum(r.startswith("slope,") for r in rows) == 4
@@ -92,7 +102,7 @@ def _start(workdir):
 
 
 def _wait_for_checkpoint(process, workdir, step=20, timeout=300):
-    marker = workdir / "depth_002" / "seed_1" / "checkpoints" / str(step)
+    marker = workdir / "depth_002" / "checkpoints" / str(step)
     start = time.time()
     while not marker.is_dir():
         assert process.poll() is None, process.stderr.read()[-2000:]
@@ -165,7 +175,7 @@ def test_workdir_of_another_config_is_refused(finished):
 def test_corrupted_checkpoint_is_refused_and_kept(finished, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(finished, workdir)
-    state = workdir / "depth_001" / "seed_0" / "checkpoints" / "40" / "state"
+    state = workdir / "depth_001" / "checkpoints" / "40" / "params"
     for path in state.rglob("*"):
         if path.is_file() and path.stat().st_size > 0 and "metadata" not in path.name:
             path.write_bytes(b"\0garbage" * 3)
@@ -181,5 +191,29 @@ def test_nan_loss_stops_with_nonzero_status_and_keeps_good_checkpoints(tmp_path)
                    "--config.train.optimizer=sgd", "--config.train.loss=mse", f"--workdir={workdir}")
     assert result.returncode not in (0, 2) and "NaN" in result.stderr
     assert "Traceback" not in result.stderr
-    steps = [p.name for p in (workdir / "depth_001" / "seed_0" / "checkpoints").glob("[0-9]*")]
+    steps = [p.name for p in (workdir / "depth_001" / "checkpoints").glob("[0-9]*")]
     assert steps == []  # it diverged before the first checkpoint: nothing NaN was saved
+
+
+def test_rerun_with_other_runtime_settings_resumes(finished, tmp_path):
+    """Mesh shape, evaluation batch, logging and checkpoint cadence do not define the experiment."""
+    workdir = tmp_path / "w"
+    shutil.copytree(finished, workdir)
+    before = {run: metrics_lines(run) for run in workdir.glob("depth_*/seed_*")}
+    ncjax(*QUICK, "--config.depths=(1,2)", "--config.train.steps=60", f"--workdir={workdir}", check=2)  # experiment
+    ncjax(*QUICK, "--config.depths=(1,2)", "--config.eval_batch_size=64", "--config.mesh.data=2",
+          "--config.mesh.fsdp=4", "--config.log_every_steps=5", "--config.steps_per_call=3",
+          f"--workdir={workdir}", check=0)
+    assert {run: metrics_lines(run) for run in workdir.glob("depth_*/seed_*")} == before
+    assert json.loads((workdir / "config.json").read_text())["eval_batch_size"] == 64
+
+
+def test_an_internal_error_exits_1_with_its_traceback_and_loses_nothing(finished, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(finished, workdir)
+    (workdir / "summary.csv").unlink()
+    (workdir / "summary.csv").mkdir()  # an I/O failure the user did not cause through the command
+    before = tree_digest(workdir)
+    result = ncjax(*QUICK, "--config.depths=(1,2)", f"--workdir={workdir}", check=1)
+    assert "Traceback" in result.stderr and "summary.csv" in result.stderr
+    assert tree_digest(workdir) == before

@@ -28,6 +28,7 @@ def default_config() -> ml_collections.ConfigDict:
         "n_per_class": config_dict.placeholder(int),  # Training subset per class; None = all.
         "max_len": 256,  # Text: bytes per sequence.
         "normalize": True,  # Images: standardise channels with train statistics.
+        "placement": "auto",  # Training data: auto | device | host (see ncjax.data.feed.choose).
         "gaussian_mixture": {
             "num_classes": 10,
             "dim": 32,
