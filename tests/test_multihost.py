@@ -197,7 +197,7 @@ def test_two_processes_match_one_process(tmp_path):
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
     for i, (p, out) in enumerate(zip(procs, outs)):
-        assert p.returncode == 0, f"process {i}:\n{out[-3000:]}"
+        assert p.returncode == 0, f"process {i}:\n{out[-3000:]}\nother:\n{outs[1 - i][-3000:]}"
     assert "done:" in outs[0] and "done:" not in outs[1]  # only process 0 reports
 
     one = tmp_path / "one"

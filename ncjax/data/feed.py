@@ -157,8 +157,10 @@ Feed = DeviceFeed | HostFeed
 
 def device_budget(device: Any) -> int:
     """Bytes of training data :func:`choose` puts on ``device`` under ``placement='auto'``."""
-    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
-    if device.platform == "cpu" or not stats or "bytes_limit" not in stats:
+    if device.platform == "cpu":
+        return CPU_DEVICE_BYTES
+    stats = device.memory_stats() or {}
+    if "bytes_limit" not in stats:
         return CPU_DEVICE_BYTES
     return int(DEVICE_FRACTION * stats["bytes_limit"])
 
@@ -169,5 +171,6 @@ def choose(placement: str, dataset: Dataset, batch_size: int, mesh: jax.sharding
         raise ConfigError(f"data.placement={placement!r} is not supported; choose one of: {', '.join(PLACEMENTS)}")
     size = dataset.train_x.nbytes + dataset.train_y.nbytes
     if placement == "auto":
-        placement = "device" if size <= device_budget(mesh.devices.flat[0]) else "host"
+        local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+        placement = "device" if size <= device_budget(local[0]) else "host"
     return (DeviceFeed if placement == "device" else HostFeed)(dataset, batch_size, mesh)
