@@ -80,6 +80,17 @@ def test_nearest_etf_beats_a_brute_force_search(k, dim):
     assert best - ours < 1e-4  # the search gets there: the optimum is attained, not just bounded
 
 
+def test_nearest_etf_matches_the_papers_construction():
+    """The paper's code (column form, D ≥ K): U = polar(Ûᵀ P_K), E = √(K/(K−1)) U P_K."""
+    rng = np.random.default_rng(2)
+    k, dim = 5, 9
+    means = rng.standard_normal((k, dim))
+    centring = np.eye(k) - 1.0 / k
+    a, _, bt = np.linalg.svd(_unit_centred(means).T @ centring, full_matrices=False)
+    papers = (np.sqrt(k / (k - 1)) * (a @ bt) @ centring).T
+    np.testing.assert_allclose(etf.nearest_etf(means), papers, atol=1e-12)
+
+
 def test_nearest_etf_is_rotation_equivariant():
     rng = np.random.default_rng(3)
     means = rng.standard_normal((5, 6))
