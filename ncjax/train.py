@@ -171,6 +171,14 @@ class Program:
         # Init runs once: on CPU, skipping LLVM's optimisations halves its compile time for free.
         init_options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
         self._init = jax.jit(init, out_shardings=self.state_sharding, compiler_options=init_options)
+        def one_step(state: TrainState, hyper: Hyper, x, y):
+            params, opt_state, diverged_at, logs = step_members(
+                state.params, state.opt_state, state.diverged_at, hyper, x, y, state.step)
+            return TrainState(state.step + 1, params, opt_state, diverged_at), logs
+
+        self.batch_sharding = batch_spec
+        self._step = jax.jit(one_step, donate_argnums=0, in_shardings=(self.state_sharding, rep, None, None),
+                             out_shardings=(self.state_sharding, rep))
         # Shardings pinned on both sides: a restored, a fresh and a returned state hit the same compiled block.
         self._block = jax.jit(block, static_argnums=5, donate_argnums=(0, 1),
                               in_shardings=(self.state_sharding, rep, rep, None, None),
@@ -185,6 +193,11 @@ class Program:
     def carry(self, step: int):
         """The feed's carry at ``step`` (e.g. the current epoch's order): recomputed, never checkpointed."""
         return self.feed.carry(self.hyper.seed, step)
+
+    def step(self, state: TrainState, x, y):
+        """One step on a given batch (x [M, B, ...], y [M, B], sharded as ``batch_sharding``): the bare step the
+        benchmarks compare the block loop with. Donates ``state``."""
+        return self._step(state, self.hyper, x, y)
 
     def run_block(self, state: TrainState, carry, start: int, length: int):
         """``length`` steps from ``start`` (= ``state.step``); returns (state, carry, logs {name: [T, M]}).

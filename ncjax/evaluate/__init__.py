@@ -178,7 +178,7 @@ class TrainSet(Evaluator):
         def second(counts, consts, x, y):
             params, depth, stats = consts
             _, features, _ = jax.vmap(model.forward, in_axes=(0, 0, None))(params, depth, x)
-            weight, bias = jax.vmap(_classifier)(params)
+            weight, bias = jax.vmap(models.classifier_weights)(params)
             return counts + jax.vmap(collapse.nc4_counts, in_axes=(0, None, 0, 0, 0))(features, y, stats, weight, bias)
 
         self._first, self._second = Pass(first, split), Pass(second, split)
@@ -204,7 +204,7 @@ class TrainSet(Evaluator):
         consts = (checkpoint.params, self.model.depth_array)
         stats, block_stats, sums = self._first(self._empty(), consts)
         counts = self._second(jnp.zeros((self.model.members, 2), jnp.int32), consts + (stats,))
-        weight, bias = jax.device_get(jax.vmap(_classifier)(checkpoint.params))
+        weight, bias = _classifiers(checkpoint.params)
         stats, block_stats, sums, counts = jax.device_get((stats, block_stats, sums, counts))
         sums = np.asarray(sums, np.float64)
         block_metrics = collapse.metrics(block_stats)
@@ -242,7 +242,7 @@ class AgainstUFM(Evaluator):
         self.c, self.l2s, self.layernorm = train_config, [float(v) for v in l2s], layernorm
 
     def __call__(self, checkpoint: Checkpoint) -> None:
-        weight, bias = jax.device_get(jax.vmap(_classifier)(checkpoint.params))
+        weight, bias = _classifiers(checkpoint.params)
         spared = any(re.search(p, "head/classifier/bias") for p in self.c.l2_exclude)
         for m, line in enumerate(checkpoint.lines):
             stats = jax.tree.map(lambda a: a[m], checkpoint.train_stats)
@@ -302,9 +302,10 @@ class GroupEvaluator:
         self._pool.shutdown(wait=True)
 
 
-def _classifier(params):
-    weight, bias = models.classifier_weights(params)
-    return weight, bias
+def _classifiers(params) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every member's classifier ``W`` [M, K, d] and ``b`` [M, K] (None without a bias), on the host."""
+    head = jax.device_get(params["head"]["classifier"])
+    return np.swapaxes(head["kernel"], -1, -2), head.get("bias")
 
 
 def _fold_features(stats: collapse.ClassStats, features: jax.Array, labels: jax.Array) -> collapse.ClassStats:
