@@ -11,6 +11,7 @@ one Orbax step, evaluates them in one vmapped pass and writes their metrics line
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 from typing import Any
@@ -60,7 +61,10 @@ def resolve(config: ml_collections.ConfigDict, dataset: data.Dataset) -> ml_coll
 
 
 class GroupRun:
-    """One group's program, checkpoints, evaluator and run folders, and its training loop."""
+    """One group's program, checkpoints, evaluator and run folders, and its training loop.
+
+    ``config`` is the group's config (``plan.Group.config``, resolved against ``dataset``).
+    """
 
     def __init__(self, config, group: plan.Group, dataset: data.Dataset, feed: feeds.Feed, mesh, workdir: Path,
                  read_only: bool = False):
@@ -71,11 +75,12 @@ class GroupRun:
         self.num_train = feed.n
         self.total_steps = t.steps or t.epochs * self.steps_per_epoch
         hyper = group.hyper(config)
-        self.module = models.build(group.model_config(config))
-        self.program = train.Program(self.module, t, feed, mesh, self.total_steps, dataset.train_x[:1], hyper)
+        self.module = models.build(config.model)
+        self.program = train.Program(self.module, t, feed, mesh, self.total_steps, dataset.train_x[:1], hyper,
+                                     packed=group.packed)
         self.checkpoints = checkpoints.GroupCheckpoints(workdir / group.name, config.checkpoint.max_to_keep,
                                                         read_only=read_only)
-        self.evaluator = evaluate.build(self.module, dataset, config, mesh, hyper, packed=False,
+        self.evaluator = evaluate.build(self.module, dataset, config, mesh, hyper, packed=group.packed,
                                         abstract_params=self.program.abstract_state.params,
                                         train_arrays=feed.arrays if feed.on_device else None)
         self.diverged = np.zeros(len(group.runs), np.int64)  # diverged_at of every member; 0 = never
@@ -237,34 +242,77 @@ def preflight(config, dataset: data.Dataset, mesh) -> None:
     if config.train.batch_size > len(dataset.train_y):
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} exceeds the {len(dataset.train_y)} training examples")
-    model = plan.groups(config)[0].model_config(config)
-    model.depth = min(config.depths)
     try:
-        jax.eval_shape(models.build(model).init, jax.random.key(0), dataset.train_x[:1])  # e.g. patch size
+        jax.eval_shape(models.build(config.model).init, jax.random.key(0), dataset.train_x[:1])  # e.g. patch size
     except ValueError as error:  # the models explain a shape that does not fit the data in one line
         raise ConfigError(str(error).splitlines()[0]) from None
+
+
+class Sweep:
+    """A config's groups, each with its resolved config and data set (each distinct data config loaded once)."""
+
+    def __init__(self, config: ml_collections.ConfigDict, mesh):
+        experiment.validate(config)
+        self.mesh = mesh
+        self._datasets: dict[str, data.Dataset] = {}
+        self.config = resolve(config, self.dataset(config.data))
+        self.groups = plan.groups(self.config)
+        self._feed: tuple[str, feeds.Feed] | None = None
+
+    def dataset(self, data_config) -> data.Dataset:
+        key = json.dumps(data_config.to_dict(), sort_keys=True)
+        if key not in self._datasets:
+            self._datasets[key] = data.load(data_config, seed=0)
+        return self._datasets[key]
+
+    def prepare(self, group: plan.Group) -> tuple[ml_collections.ConfigDict, data.Dataset]:
+        """The group's config, resolved against its data set, and the data set."""
+        dataset = self.dataset(group.config(self.config).data)
+        return resolve(group.config(self.config), dataset), dataset
+
+    def preflight(self) -> None:
+        checked = set()
+        for group in self.groups:
+            config, dataset = self.prepare(group)
+            key = json.dumps([config.model.to_dict(), config.data.to_dict(), config.train.batch_size], sort_keys=True)
+            if key not in checked:
+                checked.add(key)
+                preflight(config, dataset, self.mesh)
+
+    def group_run(self, group: plan.Group, workdir: Path, read_only: bool = False) -> GroupRun:
+        """The group's GroupRun; consecutive groups on the same data share its feed (uploaded once)."""
+        config, dataset = self.prepare(group)
+        key = json.dumps([config.data.to_dict(), config.train.batch_size], sort_keys=True)
+        if self._feed is None or self._feed[0] != key:
+            self.close()
+            self._feed = key, feeds.choose(config.data.placement, dataset, config.train.batch_size, self.mesh)
+        return GroupRun(config, group, dataset, self._feed[1], self.mesh, workdir, read_only)
+
+    def close(self) -> None:
+        if self._feed is not None and hasattr(self._feed[1], "close"):
+            self._feed[1].close()
+        self._feed = None
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     """Train (or resume) the whole sweep, then write the summary; Diverged at the end if a run diverged."""
     workdir = Path(workdir)
-    experiment.validate(config)
-    dataset = data.load(config.data, seed=0)
-    config = resolve(config, dataset)
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-    preflight(config, dataset, mesh)
-    feed = feeds.choose(config.data.placement, dataset, config.train.batch_size, mesh)
-    records.claim_workdir(workdir, config.to_dict())  # only a config that can run claims a workdir
+    sweep = Sweep(config, parallel.make_mesh(config.mesh.data, config.mesh.fsdp))
+    sweep.preflight()
+    records.claim_workdir(workdir, sweep.config.to_dict())  # only a config that can run claims a workdir
     stop = StopFlag()
     stop.install()
     failures = []
-    for group in plan.groups(config):
-        group_run = GroupRun(config, group, dataset, feed, mesh, workdir)
-        try:
-            group_run.train(stop)
-            failures += group_run.failures()
-        finally:
-            group_run.close()
+    try:
+        for group in sweep.groups:
+            group_run = sweep.group_run(group, workdir)
+            try:
+                group_run.train(stop)
+                failures += group_run.failures()
+            finally:
+                group_run.close()
+    finally:
+        sweep.close()
     if records.run_folders(workdir):
         summary.write(workdir)
     if failures:
@@ -278,24 +326,25 @@ def reevaluate(workdir: str | Path) -> Path:
     """Recompute metrics.jsonl of every run from its checkpoints (idempotent), then the summary."""
     workdir = Path(workdir)
     config = ml_collections.ConfigDict(records.read_config(workdir))
-    dataset = data.load(config.data, seed=0)
-    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-    feed = feeds.choose(config.data.placement, dataset, config.train.batch_size, mesh)
-    for group in plan.groups(config):
-        if not (workdir / group.name / checkpoints.CHECKPOINTS).exists():
-            continue
-        group_run = GroupRun(config, group, dataset, feed, mesh, workdir, read_only=True)
-        try:
-            lines = {run: [] for run in group_run.runs}
-            abstract = group_run.program.abstract_state
-            for step in group_run.checkpoints.steps():
-                params, _, meta = group_run.checkpoints.restore(step, abstract.params, abstract.opt_state)
-                group_run.diverged = np.asarray(meta["diverged_at"], np.int64)
-                for run, line in zip(group_run.runs, group_run.measure(step, params)):
-                    lines[run].append(line)
-            for run, run_lines in lines.items():
-                records.write_metrics(run, run_lines)
-        finally:
-            group_run.close()
+    sweep = Sweep(config, parallel.make_mesh(config.mesh.data, config.mesh.fsdp))
+    try:
+        for group in sweep.groups:
+            if not (workdir / group.name / checkpoints.CHECKPOINTS).exists():
+                continue
+            group_run = sweep.group_run(group, workdir, read_only=True)
+            try:
+                lines = {run: [] for run in group_run.runs}
+                abstract = group_run.program.abstract_state
+                for step in group_run.checkpoints.steps():
+                    params, _, meta = group_run.checkpoints.restore(step, abstract.params, abstract.opt_state)
+                    group_run.diverged = np.asarray(meta["diverged_at"], np.int64)
+                    for run, line in zip(group_run.runs, group_run.measure(step, params)):
+                        lines[run].append(line)
+                for run, run_lines in lines.items():
+                    records.write_metrics(run, run_lines)
+            finally:
+                group_run.close()
+    finally:
+        sweep.close()
     summary.write(workdir)
     return workdir
