@@ -1,5 +1,6 @@
 """The main job end to end: the workdir contract, resume, re-evaluation, bad input."""
 
+import csv
 import hashlib
 import json
 import shutil
@@ -72,10 +73,14 @@ def test_workdir_contract(finished):
         params = load_params(finished, depth=depth, seed=1)
         assert params["blocks"]["norm_1"]["scale"].shape[0] == depth  # one run's scanned blocks, no seed axis
         assert not np.array_equal(params["embed"]["kernel"], load_params(finished, depth=depth, seed=0)["embed"]["kernel"])
-    rows = (finished / "summary.csv").read_text().splitlines()
-    assert rows[0].startswith("kind,depth,seed")
-    assert sum(r.startswith("run,") for r in rows) == 4 and sum(r.startswith("slope,") for r in rows) == 4
-    assert (finished / "nc_vs_depth.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = list(csv.DictReader((finished / "summary.csv").open()))
+    assert [(int(r["depth"]), int(r["seed"])) for r in rows] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert all(r["status"] in ("ok", "failed") and (r["status"] == "failed") == bool(r["reason"]) for r in rows)
+    slopes = list(csv.DictReader((finished / "slopes.csv").open()))
+    nc1 = [s for s in slopes if s["metric"] == "nc1_quotient"]
+    assert [s["seed"] for s in nc1] == ["0", "1", "mean", "std"]
+    for figure in ("nc_vs_depth.png", "collapse_vs_steps.png", "nc1_vs_block.png"):
+        assert (finished / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_evaluate_reproduces_metrics(finished, tmp_path):
