@@ -232,7 +232,9 @@ class Penalty(Evaluator):
 
 
 class AgainstUFM(Evaluator):
-    """Distance and objective gap of the last layer to the UFM optimum (docs/ufm.md).
+    """The last layer against the UFM optimum F* (docs/ufm.md): ``ufm_gap`` (its objective minus F*),
+    ``ufm_gap_relative`` (gap / F*: F* itself shrinks with λ, so a λ that falls with depth does not
+    read as collapse), ``ufm_optimum`` (F*) and ``ufm_distance`` (shape and self-duality).
 
     The features entering the classifier are a LayerNorm's output unless a linear head
     follows it. NaN where the UFM has no optimum of this width (K > d).
@@ -251,10 +253,13 @@ class AgainstUFM(Evaluator):
                 model = ufm.trained_ufm(stats, loss=self.c.loss, l2=self.l2s[m], bias=b is not None,
                                         l2_bias=0.0 if spared else None, layernorm=self.layernorm,
                                         mse_target_scale=self.c.mse_target_scale)
-                line.update(ufm_gap=ufm.last_layer_gap(line["train_loss"], weight[m], b, model),
+                gap = ufm.last_layer_gap(line["train_loss"], weight[m], b, model)
+                optimum = ufm.optimum(model).value
+                line.update(ufm_gap=gap, ufm_optimum=optimum, ufm_gap_relative=gap / optimum,
                             ufm_distance=ufm.optimum_distance(stats.mean, weight[m], model, counts=stats.count))
             except ValueError:
-                line.update(ufm_gap=float("nan"), ufm_distance=float("nan"))
+                line.update({key: float("nan") for key in ("ufm_gap", "ufm_optimum", "ufm_gap_relative",
+                                                           "ufm_distance")})
 
 
 class TestSet(Evaluator):
