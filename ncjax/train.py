@@ -84,9 +84,10 @@ def make_optimizer(c: ml_collections.ConfigDict, total_steps: int, learning_rate
 
 
 def member_loss(module: nn.Module, c: ml_collections.ConfigDict, packed: bool) -> Callable:
-    """``(params, hyper, x, y) → (data loss + λ‖θ‖², logs)``: the paper's objective for one member."""
+    """``(params, hyper, x, y, extras) → (data loss + λ‖θ‖², logs)``: the paper's objective for one member."""
 
-    def loss_fn(params, hyper: Hyper, x, y):
+    def loss_fn(params, hyper: Hyper, x, y, extras):
+        del extras  # the paper's objective needs nothing beyond the batch
         depth = dict(active_depth=hyper.depth) if packed else {}
         logits, _ = module.apply({"params": params}, x, train=True, **depth)
         data = objective.data_loss(logits, y, c.loss, c.mse_target_scale)
@@ -106,20 +107,23 @@ class Program:
 
     def __init__(self, module: nn.Module, train_config: ml_collections.ConfigDict, feed: Feed,
                  mesh: jax.sharding.Mesh, total_steps: int, sample_input: np.ndarray, hyper: Hyper,
-                 packed: bool = False):
+                 packed: bool = False, loss: Callable | None = None):
+        """``loss``: ``(params, hyper, x, y, extras) → (scalar, logs)`` for one member, where ``extras`` are
+        that member's slice of what :meth:`run_block` is given (e.g. a frozen earlier model); default:
+        the paper's objective (:func:`member_loss`)."""
         self.module, self.config, self.feed, self.mesh = module, train_config, feed, mesh
         self.total_steps, self.packed, self.seeds = total_steps, packed, np.asarray(hyper.seed)
         num_members = len(self.seeds)
         c = train_config
-        loss_fn = member_loss(module, c, packed)
+        loss_fn = loss or member_loss(module, c, packed)
         sample = jnp.asarray(sample_input[:1])
 
         def init_one(seed):
             params = nn.meta.unbox(module.init(jax.random.key(seed), sample))["params"]
             return params, make_optimizer(c, total_steps).init(params)
 
-        def step_one(params, opt_state, diverged_at, hyper: Hyper, x, y, step):
-            (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, hyper, x, y)
+        def step_one(params, opt_state, diverged_at, hyper: Hyper, x, y, extras, step):
+            (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, hyper, x, y, extras)
             updates, new_opt_state = make_optimizer(c, total_steps, hyper.learning_rate).update(
                 grads, opt_state, params)
             grad_norm = optax.global_norm(grads)
@@ -130,17 +134,17 @@ class Program:
             diverged_at = jnp.where((diverged_at == 0) & ~finite, step + 1, diverged_at)
             return params, opt_state, diverged_at, dict(logs, loss=loss, grad_norm=grad_norm)
 
-        step_members = jax.vmap(step_one, in_axes=(0, 0, 0, 0, 0, 0, None))
+        step_members = jax.vmap(step_one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
         batch_spec = lambda ndim: NamedSharding(mesh, P(None, parallel.BATCH_AXES, *([None] * (ndim - 2))))
 
-        def block(state: TrainState, carry, hyper: Hyper, arrays, block_inputs, length: int):
+        def block(state: TrainState, carry, hyper: Hyper, arrays, block_inputs, extras, length: int):
             def body(inner, index):
                 state, carry = inner
                 (x, y), carry = feed.batch(arrays, carry, block_inputs, hyper.seed, state.step, index)
                 x = jax.lax.with_sharding_constraint(x, batch_spec(x.ndim))
                 y = jax.lax.with_sharding_constraint(y, batch_spec(y.ndim))
                 params, opt_state, diverged_at, logs = step_members(
-                    state.params, state.opt_state, state.diverged_at, hyper, x, y, state.step)
+                    state.params, state.opt_state, state.diverged_at, hyper, x, y, extras, state.step)
                 state = TrainState(state.step + 1, params, opt_state, diverged_at)
                 return (state, carry), logs
 
@@ -171,17 +175,17 @@ class Program:
         # Init runs once: on CPU, skipping LLVM's optimisations halves its compile time for free.
         init_options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
         self._init = jax.jit(init, out_shardings=self.state_sharding, compiler_options=init_options)
-        def one_step(state: TrainState, hyper: Hyper, x, y):
+        def one_step(state: TrainState, hyper: Hyper, x, y, extras):
             params, opt_state, diverged_at, logs = step_members(
-                state.params, state.opt_state, state.diverged_at, hyper, x, y, state.step)
+                state.params, state.opt_state, state.diverged_at, hyper, x, y, extras, state.step)
             return TrainState(state.step + 1, params, opt_state, diverged_at), logs
 
         self.batch_sharding = batch_spec
-        self._step = jax.jit(one_step, donate_argnums=0, in_shardings=(self.state_sharding, rep, None, None),
+        self._step = jax.jit(one_step, donate_argnums=0, in_shardings=(self.state_sharding, rep, None, None, None),
                              out_shardings=(self.state_sharding, rep))
         # Shardings pinned on both sides: a restored, a fresh and a returned state hit the same compiled block.
-        self._block = jax.jit(block, static_argnums=5, donate_argnums=(0, 1),
-                              in_shardings=(self.state_sharding, rep, rep, None, None),
+        self._block = jax.jit(block, static_argnums=6, donate_argnums=(0, 1),
+                              in_shardings=(self.state_sharding, rep, rep, None, None, None),
                               out_shardings=(self.state_sharding, rep, rep))
 
         self.hyper = jax.tree.map(
@@ -194,16 +198,17 @@ class Program:
         """The feed's carry at ``step`` (e.g. the current epoch's order): recomputed, never checkpointed."""
         return self.feed.carry(self.hyper.seed, step)
 
-    def step(self, state: TrainState, x, y):
+    def step(self, state: TrainState, x, y, extras=()):
         """One step on a given batch (x [M, B, ...], y [M, B], sharded as ``batch_sharding``): the bare step the
         benchmarks compare the block loop with. Donates ``state``."""
-        return self._step(state, self.hyper, x, y)
+        return self._step(state, self.hyper, x, y, extras)
 
-    def run_block(self, state: TrainState, carry, start: int, length: int):
+    def run_block(self, state: TrainState, carry, start: int, length: int, extras=()):
         """``length`` steps from ``start`` (= ``state.step``); returns (state, carry, logs {name: [T, M]}).
 
+        ``extras``: a pytree whose leaves have a leading member axis, handed to the loss (member's slice).
         Donates ``state`` and ``carry``. Everything returned stays on the device: fetch the
         logs after dispatching the next block, so the device never waits for the host.
         """
         inputs = self.feed.block_inputs(self.seeds, start, length)
-        return self._block(state, carry, self.hyper, self.feed.arrays, inputs, length)
+        return self._block(state, carry, self.hyper, self.feed.arrays, inputs, extras, length)
