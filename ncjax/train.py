@@ -126,7 +126,7 @@ class Program:
             (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, hyper, x, y, extras)
             updates, new_opt_state = make_optimizer(c, total_steps, hyper.learning_rate).update(
                 grads, opt_state, params)
-            grad_norm = optax.global_norm(grads)
+            grad_norm = optax.tree_utils.tree_norm(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             ok = finite & (diverged_at == 0)
             params = _where(ok, optax.apply_updates(params, updates), params)
