@@ -192,7 +192,8 @@ class PointRun:
         for key in ("steps_per_task", "rows_per_task", "class_order", "method", "scenario", "members"):
             if meta.get(key) != expected[key]:
                 raise WorkdirError(f"checkpoint {self.checkpoints.directory / str(step)} was written for other "
-                                   f"{key.replace('_', ' ')} ({meta.get(key)}; here: {expected[key]}); use another --workdir")
+                                   f"{key.replace('_', ' ')} ({meta.get(key)}; here: {expected[key]}); "
+                                   "use another --workdir")
         self.diverged = np.asarray(meta["diverged_at"], np.int64)
         targets = np.asarray(jax.device_get(tree["targets"])) if self.method.targets else None
         task, step_in_task = meta["task"], meta["step_in_task"]
