@@ -294,9 +294,20 @@ class Sweep:
         self._feed = None
 
 
+def resolve_pack(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
+    """``pack='auto'`` made definite: what the workdir was trained with, else the backend's default
+    (packing wins on latency-bound accelerators and loses on a compute-bound CPU: docs/performance.md)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if config.pack == "auto":
+        stored = records.read_config(workdir).get("pack") if (workdir / records.CONFIG).exists() else None
+        config.pack = stored if isinstance(stored, bool) else jax.default_backend() != "cpu"
+    return config
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     """Train (or resume) the whole sweep, then write the summary; Diverged at the end if a run diverged."""
     workdir = Path(workdir)
+    config = resolve_pack(config, workdir)
     sweep = Sweep(config, parallel.make_mesh(config.mesh.data, config.mesh.fsdp))
     sweep.preflight()
     records.claim_workdir(workdir, sweep.config.to_dict())  # only a config that can run claims a workdir
