@@ -25,9 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
     # More axes: (config key, values) pairs, a grid with depths and seeds, e.g. (('train.l2', (5e-3, 5e-4)),).
     # λ and the learning rate train vmapped in one program with the seeds; other keys get a program each.
     c.sweep = ()
-    # Every depth of a group in one program (blocks beyond a run's depth masked): True | False | 'auto'
-    # ('auto': a resumed workdir keeps its packing, a new one packs on accelerators, not on CPUs).
-    c.pack = "auto"
+    # Every depth of a group in one program (blocks beyond a run's depth masked): True | False | None = auto
+    # (auto: a resumed workdir keeps its packing, a new one packs on accelerators, not on CPUs).
+    c.pack = config_dict.placeholder(bool)
     c.model = models.default_config()
     c.data = data.default_config()
 
@@ -80,8 +80,6 @@ def _validate_values(c: ml_collections.ConfigDict) -> None:
     seeds = tuple(c.seeds) if isinstance(c.seeds, (tuple, list)) else (c.seeds,)
     if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
         _fail(f"seeds={c.seeds!r}: give distinct integers >= 0, e.g. --config.seeds='(0,1,2)'")
-    if c.pack not in (True, False, "auto"):
-        _fail(f"pack={c.pack!r}: choose True, False or 'auto'")
     t = c.train
     for field, allowed in (("loss", ("ce", "mse")), ("optimizer", train.OPTIMIZERS),
                            ("schedule", train.SCHEDULES), ("l2_schedule", train.L2_SCHEDULES)):

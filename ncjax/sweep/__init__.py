@@ -295,10 +295,10 @@ class Sweep:
 
 
 def resolve_pack(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
-    """``pack='auto'`` made definite: what the workdir was trained with, else the backend's default
+    """``pack=None`` (auto) made definite: what the workdir was trained with, else the backend's default
     (packing wins on latency-bound accelerators and loses on a compute-bound CPU: docs/performance.md)."""
     config = ml_collections.ConfigDict(config.to_dict())
-    if config.pack == "auto":
+    if config.pack is None:
         stored = records.read_config(workdir).get("pack") if (workdir / records.CONFIG).exists() else None
         config.pack = stored if isinstance(stored, bool) else jax.default_backend() != "cpu"
     return config
