@@ -25,6 +25,9 @@ def base_config() -> ml_collections.ConfigDict:
     # More axes: (config key, values) pairs, a grid with depths and seeds, e.g. (('train.l2', (5e-3, 5e-4)),).
     # λ and the learning rate train vmapped in one program with the seeds; other keys get a program each.
     c.sweep = ()
+    # Every depth of a group in one program (blocks beyond a run's depth masked): True | False | None = auto
+    # (auto: a resumed workdir keeps its packing, a new one packs on accelerators, not on CPUs).
+    c.pack = config_dict.placeholder(bool)
     c.model = models.default_config()
     c.data = data.default_config()
 
@@ -47,6 +50,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, max_to_keep=config_dict.placeholder(int)))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
     c.eval_batch_size = 512
+    c.evaluate = ml_collections.ConfigDict(dict(
+        every_steps=config_dict.placeholder(int),  # evaluate this often; None = at every checkpoint
+        gradient_norm=False,  # also the full-batch gradient norm of the objective (one backward pass per point)
+    ))
     c.log_every_steps = 50  # train_log.jsonl and TensorBoard: loss, its parts, gradient norm
     c.steps_per_call = 1000  # most train steps in one compiled call (blocks also end at log/checkpoint steps)
     c.progress = True  # a progress bar per group (steps/s, ETA)
@@ -95,6 +102,8 @@ def _validate_values(c: ml_collections.ConfigDict) -> None:
         _fail(f"checkpoint.every_steps={c.checkpoint.every_steps!r} must be a positive integer")
     if c.checkpoint.max_to_keep is not None and c.checkpoint.max_to_keep < 1:
         _fail(f"checkpoint.max_to_keep={c.checkpoint.max_to_keep!r} must be >= 1 (or unset to keep all)")
+    if c.evaluate.every_steps is not None and c.evaluate.every_steps < 1:
+        _fail(f"evaluate.every_steps={c.evaluate.every_steps!r} must be a positive integer (or unset)")
     for field in ("eval_batch_size", "log_every_steps", "steps_per_call"):
         if not isinstance(c[field], int) or c[field] < 1:
             _fail(f"{field}={c[field]!r} must be a positive integer")

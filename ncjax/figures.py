@@ -35,11 +35,25 @@ def _pyplot():
     return plt
 
 
+def _readable_log_ticks(axis) -> None:
+    """Ticks at 1, 2 and 5 times powers of ten, labelled plainly: log axes spanning under a decade
+    otherwise get overlapping '3×10⁻¹'-style labels or none."""
+    import matplotlib.ticker
+
+    axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
 def save_figure(fig, path: Path) -> None:
     """Write a matplotlib figure as PNG to a local or ``gs://`` path (atomically), and free it."""
     plt = _pyplot()
     for ax in fig.axes:
         ax.grid(True, which="both", alpha=0.3)
+        if ax.get_yscale() == "log":
+            _readable_log_ticks(ax.yaxis)
+        if ax.get_xscale() == "log" and not ax.get_xticklabels():
+            _readable_log_ticks(ax.xaxis)
     fig.tight_layout()
     png = io.BytesIO()
     fig.savefig(png, format="png")
@@ -201,19 +215,22 @@ def against_loss(runs_lines, path: Path, title: str) -> None:
     """NC1 against the training loss and against the full-batch gradient norm, along training."""
     plt = _pyplot()
     fig, axs = plt.subplots(1, 2, figsize=(9.0, 4.0), dpi=110)
-    metric = "nc1_quotient" if any("nc1_quotient" in l for lines in runs_lines for l in lines) else "nc1"
+    metric = "nc1_quotient" if any("nc1_quotient" in l for lines in runs_lines.values() for l in lines) else "nc1"
     for ax, x_key in zip(axs, ("train_loss", "gradient_norm")):
-        for index, lines in enumerate(runs_lines):
+        for index, (label, lines) in enumerate(runs_lines.items()):
             pts = [(l[x_key], l[metric]) for l in lines
                    if _finite_positive(l.get(x_key)) and _finite_positive(l.get(metric))]
             if pts:
                 x, y = zip(*pts)
-                ax.plot(x, y, marker=".", ms=3, lw=0.8, color=f"C{index % 10}", alpha=0.8)
+                ax.plot(x, y, marker=".", ms=3, lw=0.8, color=f"C{index % 10}", alpha=0.8, label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _readable_log_ticks(ax.xaxis)
         ax.set_xlabel(x_key.replace("_", " ") + (" (full batch)" if x_key == "gradient_norm" else ""))
         ax.set_ylabel(metric)
-    fig.suptitle(f"{title}: collapse against loss and gradient norm during training (one line per run)", fontsize=9)
+    axs[1].legend(fontsize=6, ncol=1 + len(runs_lines) // 10, loc="upper left")
+    fig.suptitle(f"{title}: collapse against loss and gradient norm during training (one line per run,\n"
+                 "from the first evaluation to the last)", fontsize=9)
     save_figure(fig, path)
 
 
@@ -231,4 +248,5 @@ def write(workdir: Path, rows, slopes, *, axis: str, others: list[str], families
     if any(r.get("nc1_per_block") for r in rows):
         against_block(rows, axes, workdir / "nc1_vs_block.png", title)
     if any("gradient_norm" in line for lines in runs_lines for line in lines):
-        against_loss(runs_lines, workdir / "collapse_vs_loss.png", title)
+        named = {f"{run.parent.name}/{run.name}": lines for run, lines in zip(records.run_folders(workdir), runs_lines)}
+        against_loss(named, workdir / "collapse_vs_loss.png", title)

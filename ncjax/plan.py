@@ -163,12 +163,13 @@ def runs(config: ml_collections.ConfigDict) -> list[Run]:
             for values in itertools.product(*(v for _, v in grid)) for seed in config.seeds]
 
 
-def groups(config: ml_collections.ConfigDict, pack: bool = False) -> list[Group]:
+def groups(config: ml_collections.ConfigDict) -> list[Group]:
     """The groups of the sweep, in training order.
 
-    Runs that differ only in seeds and :data:`MEMBER_KEYS` (and depth, when ``pack``) share a group.
+    Runs that differ only in seeds and :data:`MEMBER_KEYS` (and depth, when ``config.pack`` is True:
+    the whole panel in one program) share a group.
     """
-    vmapped = set(MEMBER_KEYS) | ({DEPTH} if pack else set())
+    vmapped = set(MEMBER_KEYS) | ({DEPTH} if config.get("pack") is True else set())
     by_key: dict[tuple, list[Run]] = {}
     for run in runs(config):
         by_key.setdefault(tuple((k, v) for k, v in run.point if k not in vmapped), []).append(run)

@@ -9,6 +9,7 @@ Each evaluator is a plug-in that adds keys to every member's metrics line:
   statistics, then ``nc4`` against the final class means);
 - :class:`Penalty`: ‖θ‖² and the full objective;
 - :class:`AgainstUFM`: distance and objective gap to the unconstrained-features optimum;
+- :class:`GradientNorm` (``evaluate.gradient_norm``): the full-batch gradient norm of the objective;
 - :class:`TestSet`: test loss and accuracy, when the data has a test split.
 
 A pass over a split is one compiled program: the split is resident on the device and a
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -262,6 +264,50 @@ class AgainstUFM(Evaluator):
                                                            "ufm_distance")})
 
 
+class GradientNorm(Evaluator):
+    """``gradient_norm``: ‖∇θ (mean training loss + λ‖θ‖²)‖ over the whole training set.
+
+    The quantity the stationarity bounds of Wu & Mondelli (arXiv 2501.19104) are stated in: points
+    of small loss and small full-batch gradient norm are approximately NC1-collapsed. One backward
+    pass over the training set per evaluation (``evaluate.gradient_norm``).
+    """
+
+    def __init__(self, model: Model, split: Split, train_config: ml_collections.ConfigDict, l2s: Sequence[float]):
+        self.model, self.n = model, split.n
+        c = train_config
+
+        def summed_loss(params, depth, x, y):  # one member: Σ over the batch's valid rows
+            logits, _, _ = model.forward(params, depth, x)
+            loss = objective.per_example_loss(logits, jnp.maximum(y, 0), c.loss, c.mse_target_scale)
+            return jnp.sum(jnp.where(y >= 0, loss, 0.0))
+
+        def body(grads, consts, x, y):
+            params, depth = consts
+            batch = jax.vmap(jax.grad(summed_loss), in_axes=(0, 0, None, None))(params, depth, x, y)
+            return jax.tree.map(jnp.add, grads, batch)
+
+        def norm(grads, params, l2):  # one member
+            penalty = jax.grad(lambda p: l2 * objective.l2_penalty(p, c.l2_exclude))(params)
+            return optax.tree_utils.tree_norm(jax.tree.map(lambda g, r: g / self.n + r, grads, penalty))
+
+        self._pass = Pass(body, split)
+        self._norm = jax.jit(jax.vmap(norm))
+        self._l2 = jnp.asarray(np.asarray(l2s, np.float32))
+
+    def _zeros(self, params):
+        return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), params)
+
+    def compile(self) -> None:
+        params = self.model.abstract_params
+        self._pass.compile(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), params),
+                           (params, self.model.depth_array))
+
+    def __call__(self, checkpoint: Checkpoint) -> None:
+        grads = self._pass(self._zeros(checkpoint.params), (checkpoint.params, self.model.depth_array))
+        for line, value in zip(checkpoint.lines, np.asarray(self._norm(grads, checkpoint.params, self._l2))):
+            line["gradient_norm"] = float(value)
+
+
 class TestSet(Evaluator):
     """Loss and accuracy on the test split."""
 
@@ -332,6 +378,8 @@ def build(module: nn.Module, dataset: data.Dataset, config: ml_collections.Confi
     evaluators = [TrainSet(model, train_split, config.train, dataset.num_classes),
                   Penalty(model, config.train, l2s),
                   AgainstUFM(config.train, l2s, layernorm=config.model.head_depth == 0)]
+    if config.evaluate.gradient_norm:
+        evaluators.append(GradientNorm(model, train_split, config.train, l2s))
     if dataset.test_x is not None:
         evaluators.append(TestSet(model, Split(dataset.test_x, dataset.test_y, mesh, batch, resident), config.train))
     return GroupEvaluator(evaluators)

@@ -172,10 +172,15 @@ class GroupRun:
             for writer in writers:
                 writer.close()
 
+    @property
+    def _eval_every(self) -> int:
+        return self.config.evaluate.every_steps or self.config.checkpoint.every_steps
+
     def _next_boundary(self, step: int) -> int:
         c = self.config
         ends = [self.total_steps, step + c.steps_per_call]
-        ends += [(step // every + 1) * every for every in (c.log_every_steps, c.checkpoint.every_steps)]
+        ends += [(step // every + 1) * every for every in (c.log_every_steps, c.checkpoint.every_steps,
+                                                            self._eval_every)]
         return min(ends)
 
     def _train(self, stop: StopFlag, state, step: int, writers) -> None:
@@ -193,7 +198,9 @@ class GroupRun:
                 pending, step = (step, logs), step + length
                 bar.update(length)
                 preempted = stop.raised or self.checkpoints.reached_preemption(step)
-                if not (preempted or step % every == 0 or step == self.total_steps):
+                save_due = step % every == 0 or step == self.total_steps
+                eval_due = step % self._eval_every == 0 or step == self.total_steps
+                if not (preempted or save_due or eval_due):
                     if self.diverged.all():
                         break
                     continue
@@ -201,11 +208,14 @@ class GroupRun:
                 pending = None
                 if self.diverged.all():
                     break  # nothing left to train or to save
-                self.save(step, state)
+                if save_due or preempted:
+                    self.save(step, state)
                 if preempted:  # within the grace period: save only; the resumed run evaluates it
                     self.checkpoints.wait()
                     raise Preempted(f"preempted at {self.group.name}, step {step}: checkpoint saved; "
                                     "rerun the same command to resume")
+                if not eval_due:
+                    continue
                 lines = self.evaluate(step, state.params)
                 for writer, line in zip(writers, lines):
                     for key, value in line.items():
@@ -294,9 +304,20 @@ class Sweep:
         self._feed = None
 
 
+def resolve_pack(config: ml_collections.ConfigDict, workdir: Path) -> ml_collections.ConfigDict:
+    """``pack=None`` (auto) made definite: what the workdir was trained with, else the backend's default
+    (packing wins on latency-bound accelerators and loses on a compute-bound CPU: docs/performance.md)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    if config.pack is None:
+        stored = records.read_config(workdir).get("pack") if (workdir / records.CONFIG).exists() else None
+        config.pack = stored if isinstance(stored, bool) else jax.default_backend() != "cpu"
+    return config
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     """Train (or resume) the whole sweep, then write the summary; Diverged at the end if a run diverged."""
     workdir = Path(workdir)
+    config = resolve_pack(config, workdir)
     sweep = Sweep(config, parallel.make_mesh(config.mesh.data, config.mesh.fsdp))
     sweep.preflight()
     records.claim_workdir(workdir, sweep.config.to_dict())  # only a config that can run claims a workdir
