@@ -4,6 +4,7 @@ import csv
 import importlib.util
 import json
 import math
+import shutil
 import time
 
 import numpy as np
@@ -88,6 +89,16 @@ def test_summary_table_and_figure(finished):
             assert float(mine[2][key]) == pytest.approx(np.mean(values), rel=1e-5)
             assert float(mine[3][key]) == pytest.approx(np.std(values, ddof=1), rel=1e-5, abs=1e-9)
     assert (finished / "continual.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_and_figure_redrawn_from_the_workdir_alone(finished, tmp_path):
+    copy = tmp_path / "w"
+    shutil.copytree(finished, copy)
+    (copy / "summary.csv").unlink()
+    (copy / "continual.png").unlink()
+    ncjax(f"--workdir={copy}", module="ncjax.continual", check=0)
+    assert (copy / "summary.csv").read_text() == (finished / "summary.csv").read_text()
+    assert (copy / "continual.png").exists()
 
 
 def _restore(folder, step):

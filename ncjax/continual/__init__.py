@@ -1,47 +1,24 @@
 """Continual learning with Progressive Neural Collapse (ProNC, arXiv 2505.24254) and its baselines.
 
-The parts that do not depend on the training engine, one idea per module:
+One idea per module; the first five do not depend on the training engine:
 
-- ``splits``:  which classes arrive in which task, continual labels, logit masks per scenario;
-- ``etf``:     the targets: the nearest ETF after the first task, its minimal growth at
+- ``splits``:     which classes arrive in which task, continual labels, logit masks per scenario;
+- ``etf``:        the targets: the nearest ETF after the first task, its minimal growth at
   every task boundary, a random fixed ETF for the baseline (the optimisation problems
   and their closed forms are in its docstring);
-- ``losses``:  masked cross-entropy, alignment to the targets, feature distillation (JAX);
-- ``metrics``: the accuracy matrix, average accuracy, forgetting, collapse of the seen classes;
-- ``replay``:  the indices of a small class-balanced replay buffer.
+- ``losses``:     masked cross-entropy, alignment to the targets, feature distillation (JAX);
+- ``metrics``:    the accuracy matrix, average accuracy, forgetting, collapse of the seen classes;
+- ``replay``:     the indices of a small class-balanced replay buffer;
+- ``methods``:    ProNC and the baselines as data (targets, loss weights per task, replay, prediction rule);
+- ``objective``:  one member's loss of a task, as ``ncjax.train.Program(loss=...)`` takes it;
+- ``evaluation``: the model's outputs for all seeds, and one metrics line per seed after each task;
+- ``config``:     the config's fields, defaults and checks (``configs/continual.py`` builds on it);
+- ``runner``:     the run itself, task after task, checkpointed and resumable (its docstring
+  walks through one task);
+- ``report``:     ``summary.csv`` and ``continual.png`` from a workdir
+  (``python -m ncjax.continual --workdir=W`` redraws them).
 
-How a runner uses them (one model trained task after task; the paper's schedule, from
-its official code ``models/exorth_ce_svd.py``)::
-
-    split = split_tasks(dataset, num_tasks, scenario, order_seed=...)
-    # one backbone with features h [B, D] and a linear head pre-allocated for
-    # split.num_classes outputs; targets: None for ProNC, random_etf(split.num_classes,
-    # D, seed) for the fixed-ETF baseline; old_params = None; buffer = empty
-    acc = empty_accuracy_matrix(split.num_tasks)
-    for t in range(split.num_tasks):
-        # task boundary (ProNC, t >= 1): grow the targets before training on the new classes
-        targets = grow_etf(targets, split.classes_per_task, seed=(seed, t))
-        rows = split.train_indices(t) ∪ buffer; labels = split.train_labels[rows]
-        masks = split.logit_masks(t)               # to the device once; a step gathers masks[labels]
-        weights = LossWeights(ce=1) on the first task and for fine-tuning,
-                  LossWeights(ce=0, align=1[, distill]) for the fixed ETF,
-                  LossWeights(ce, align, distill) from the config for ProNC at t >= 1
-        # every step: h, logits = model(params, x); h_old = model(old_params, x) (frozen
-        # snapshot, t >= 1 only); loss, terms = continual_loss(weights, labels, logits=...,
-        # logit_mask=masks[labels], features=h, vertices=targets, old_features=h_old)
-        # end of task:
-        if ProNC and t == 0: targets = nearest_etf(means of the normalised features h/‖h‖
-                                                   of task 0's training data, per class)
-        old_params = a copy of params              # the teacher for the next task's distillation
-        buffer = replay_indices(split, t, buffer_size, seed)   # optional; 0 = none
-        for j in range(t + 1):                     # evaluate every task seen so far
-            x, y = split.test(j)
-            scores = etf_logits(h, targets[:split.num_seen(t)]) where targets exist
-                     (ProNC from t >= 1, the fixed ETF always), else the head's logits
-            acc[t, j] = accuracy(scores, y, masks[y])
-        line = task_summary(acc, t) | seen_class_collapse(train features of the seen classes,
-                   labels, split.num_seen(t), classifier=targets or the head's rows)
-        # one metrics.jsonl line per task and method; the figure plots them against t
+``python -m ncjax.main --config=configs/continual.py`` runs it; docs/continual.md has the results.
 
 Differences from the paper's code, on purpose: targets are rows (classes) rather than
 columns; the free directions of a growth are seeded rather than drawn from numpy's

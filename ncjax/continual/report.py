@@ -21,6 +21,7 @@ import numpy as np
 from etils.epath import Path
 
 from ncjax import figures, records
+from ncjax.errors import WorkdirError
 
 SUMMARY = "summary.csv"
 FIGURE = "continual.png"
@@ -73,14 +74,17 @@ def summary_rows(workdir: Path | str) -> list[dict[str, Any]]:
 def write(workdir: Path | str) -> None:
     """summary.csv and continual.png of ``workdir``."""
     workdir = Path(workdir)
-    rows = summary_rows(workdir)
+    title = records.read_config(workdir).get("name", "")  # a folder that is no workdir fails here, in one line
+    lines = _lines(workdir)
+    if not lines:
+        raise WorkdirError(f"{workdir} holds no metrics.jsonl yet: run `python -m ncjax.main` on it first")
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    for row in rows:
+    for row in summary_rows(workdir):
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     records.atomic_write(workdir / SUMMARY, text.getvalue())
-    plot(_lines(workdir), workdir / FIGURE, records.read_config(workdir).get("name", ""))
+    plot(lines, workdir / FIGURE, title)
 
 
 def _mean_std(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
