@@ -8,6 +8,7 @@ Imported by the command entry points only, never by the library.
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -15,7 +16,7 @@ from typing import Callable
 import jax
 from absl import flags
 
-from ncjax import errors
+from ncjax import configs, errors
 
 
 def enable_compilation_cache() -> None:
@@ -59,8 +60,22 @@ def workdir_flag(argv: list[str] | None, program: str) -> str:
     return values[0]
 
 
+def packaged_config(argv: list[str]) -> list[str]:
+    """``--config=vit_depth.py[:preset]`` from the installed package when no such file is here."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--config="):
+            file, colon, preset = arg[len("--config="):].partition(":")
+            packaged = configs.path(Path(file).name)
+            if not Path(file).exists() and packaged.exists():
+                arg = f"--config={packaged}{colon}{preset}"
+        out.append(arg)
+    return out
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with errors as one line and status 2 (absl's own exits 1 with usage)."""
+    argv = packaged_config(argv)
     try:
         rest = flags.FLAGS(argv)
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
@@ -75,6 +90,7 @@ def _last_line(error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     useful = [line for line in lines if not line.startswith(("File ", "Traceback", "^", "The above"))]
     text = useful[-1] if useful else type(error).__name__
+    text = re.sub(r"^[\w.]+(Error|Exception): ", "", text)  # the exception's class, printed by the config loader
     if "No such file or directory" in str(error):
         text = f"cannot load the config file: {text}"
     return text

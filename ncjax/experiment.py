@@ -7,10 +7,12 @@ locked, so a misspelt ``--config.train.lerning_rate`` is an error, not a new key
 
 from __future__ import annotations
 
+import itertools
+
 import ml_collections
 from ml_collections import config_dict
 
-from ncjax import data, models, train
+from ncjax import data, models, plan, train
 from ncjax.errors import ConfigError
 
 
@@ -20,6 +22,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.name = "experiment"  # default workdir: runs/<name>
     c.depths = (2, 4, 8)
     c.seeds = (0, 1)
+    # More axes: (config key, values) pairs, a grid with depths and seeds, e.g. (('train.l2', (5e-3, 5e-4)),).
+    # λ and the learning rate train vmapped in one program with the seeds; other keys get a program each.
+    c.sweep = ()
+    # Every depth of a group in one program (blocks beyond a run's depth masked): True | False | None = auto
+    # (auto: a resumed workdir keeps its packing, a new one packs on accelerators, not on CPUs).
+    c.pack = config_dict.placeholder(bool)
     c.model = models.default_config()
     c.data = data.default_config()
 
@@ -42,8 +50,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, max_to_keep=config_dict.placeholder(int)))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
     c.eval_batch_size = 512
-    c.log_every_steps = 50
-    c.progress = True  # a progress bar per depth (steps/s, ETA)
+    c.evaluate = ml_collections.ConfigDict(dict(
+        every_steps=config_dict.placeholder(int),  # evaluate this often; None = at every checkpoint
+        gradient_norm=False,  # also the full-batch gradient norm of the objective (one backward pass per point)
+    ))
+    c.log_every_steps = 50  # train_log.jsonl and TensorBoard: loss, its parts, gradient norm
+    c.steps_per_call = 1000  # most train steps in one compiled call (blocks also end at log/checkpoint steps)
+    c.progress = True  # a progress bar per group (steps/s, ETA)
+    # Reporting (runtime: `python -m ncjax.sweep --workdir=W` redraws with the values in config.json).
+    c.summary = ml_collections.ConfigDict(dict(
+        min_train_accuracy=0.99,  # a run whose final training accuracy is lower fails (left out of the fits)
+        slope_axis="depth",  # the numeric axis of the log-log fits; the other axes split them into panels
+    ))
     return c
 
 
@@ -52,7 +70,14 @@ def _fail(message: str):
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Raise ConfigError with a one-line fix for the first bad value."""
+    """Raise ConfigError with a one-line fix for the first bad value (of the base config or of any sweep point)."""
+    plan.validate(c)
+    _validate_values(c)
+    for values in itertools.product(*(v for _, v in c.sweep)):
+        _validate_values(plan.apply(c, zip((k for k, _ in c.sweep), values)))
+
+
+def _validate_values(c: ml_collections.ConfigDict) -> None:
     depths = tuple(c.depths) if isinstance(c.depths, (tuple, list)) else (c.depths,)
     if not depths or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in depths):
         _fail(f"depths={c.depths!r}: every depth must be an integer >= 1, e.g. --config.depths='(2,4,8)'")
@@ -77,8 +102,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _fail(f"checkpoint.every_steps={c.checkpoint.every_steps!r} must be a positive integer")
     if c.checkpoint.max_to_keep is not None and c.checkpoint.max_to_keep < 1:
         _fail(f"checkpoint.max_to_keep={c.checkpoint.max_to_keep!r} must be >= 1 (or unset to keep all)")
-    if c.eval_batch_size < 1 or c.log_every_steps < 1:
-        _fail("eval_batch_size and log_every_steps must be positive integers")
+    if c.evaluate.every_steps is not None and c.evaluate.every_steps < 1:
+        _fail(f"evaluate.every_steps={c.evaluate.every_steps!r} must be a positive integer (or unset)")
+    for field in ("eval_batch_size", "log_every_steps", "steps_per_call"):
+        if not isinstance(c[field], int) or c[field] < 1:
+            _fail(f"{field}={c[field]!r} must be a positive integer")
     probe = ml_collections.ConfigDict(c.model.to_dict())
     probe.depth = depths[0]
     try:

@@ -2,6 +2,7 @@
 
     python -m ncjax.main --config=configs/vit_depth.py [--workdir=runs/vit_depth]
     python -m ncjax.main --config=configs/vit_depth.py:quick --config.depths='(2,4,8)'
+    python -m ncjax.main --config=configs/continual.py:quick       # continual learning (ncjax.continual)
 
 Rerunning the same command on the same workdir resumes from the latest
 checkpoints. The default workdir is ``runs/<config.name>``.
@@ -20,6 +21,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from ncjax import cli, parallel, sweep, ufm_sweep
+from ncjax.continual import runner as continual_runner
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (configs/*.py[:preset]).",
                                           lock_config=True)
@@ -48,6 +50,8 @@ def _main(argv: list[str]) -> None:
                                               mode=_DISTRIBUTED.value)
         if config.get("kind") == "ufm":
             ufm_sweep.run(config, workdir)
+        elif config.get("kind") == "continual":
+            continual_runner.run(config, workdir)
         else:
             sweep.run(config, workdir)
         if jax.process_index() == 0:

@@ -184,8 +184,5 @@ def maybe_initialize_distributed(coordinator: str | None = None, num_processes: 
 
 def _enable_cpu_collectives() -> None:
     """Cross-process collectives on the CPU backend (gloo); must precede the first backend use."""
-    if getattr(jax.config, "jax_cpu_collectives_implementation", None) is None:
-        try:
-            jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        except (AttributeError, ValueError):  # an old jax: the flag was jax_cpu_enable_gloo_collectives
-            jax.config.update("jax_cpu_enable_gloo_collectives", True)
+    if jax.config.jax_cpu_collectives_implementation is None:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -1,15 +1,18 @@
-"""The workdir contract on disk: config.json, run folders, metrics.jsonl.
+"""The workdir contract on disk: config.json, run folders, metrics.jsonl and train_log.jsonl.
 
-Every file the sweep, the trainer and ``ncjax.evaluate`` write goes through
-here, so the layout of ``shared/docs/design.md`` is stated once. Only process 0
-writes (``jax.process_index() == 0``); the others read. Paths are ``etils.epath``
-paths, so a workdir may be local or ``gs://`` (as Orbax's checkpoints are).
+Every file the sweep, the trainer and ``ncjax.evaluate`` write goes through here
+(checkpoints through ``ncjax.checkpoints``), so the layout of the README's workdir
+section is stated once. Only process 0 writes (``jax.process_index() == 0``); the
+others read. Paths are ``etils.epath`` paths, so a workdir may be local or ``gs://``.
+
+Resuming compares only what defines the experiment (:data:`RUNTIME_KEYS` are the
+settings that do not: rerunning with more devices or a bigger evaluation batch
+resumes, and config.json then records the new runtime settings).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Iterable
 
 import jax
@@ -17,25 +20,21 @@ from etils.epath import Path
 
 from ncjax.errors import WorkdirError
 
-RUN_PATTERN = re.compile(r"depth_(\d+)/seed_(\d+)$")
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+TRAIN_LOG = "train_log.jsonl"
+# Config keys that change how a run is executed, never what it computes.
+RUNTIME_KEYS = ("name", "mesh", "eval_batch_size", "log_every_steps", "progress", "steps_per_call", "checkpoint",
+                "data.placement", "summary", "evaluate")
 
 
 def is_writer() -> bool:
     return jax.process_index() == 0
 
 
-def run_dir(workdir: Path | str, depth: int, seed: int) -> Path:
-    return Path(workdir) / f"depth_{depth:03d}" / f"seed_{seed}"
-
-
-def runs(workdir: Path | str) -> list[tuple[int, int, Path]]:
-    """(depth, seed, folder) of every run folder in ``workdir``, by depth then seed."""
-    found = []
-    for path in Path(workdir).glob("depth_*/seed_*"):
-        match = RUN_PATTERN.search(path.as_posix())
-        if match and path.is_dir():
-            found.append((int(match.group(1)), int(match.group(2)), path))
-    return sorted(found)
+def run_folders(workdir: Path | str) -> list[Path]:
+    """Every run folder (``<point>/seed_<n>``) that holds metrics, sorted."""
+    return sorted(p.parent for p in Path(workdir).glob(f"*/seed_*/{METRICS}"))
 
 
 def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -47,63 +46,111 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def claim_workdir(workdir: Path | str, config: dict[str, Any]) -> None:
-    """Write config.json, or check that the workdir's config.json is this config.
+def _is_runtime(key: str) -> bool:
+    return any(key == r or key.startswith(r + ".") for r in RUNTIME_KEYS)
 
-    A workdir that holds a run of a different config is refused (nothing is
+
+def claim_workdir(workdir: Path | str, config: dict[str, Any]) -> None:
+    """Write config.json, or check that the workdir's config.json is the same experiment.
+
+    A workdir that holds a run of a different experiment is refused (nothing is
     overwritten), so resuming can never mix two experiments.
     """
     if Path(workdir).exists() and not Path(workdir).is_dir():
         raise WorkdirError(f"--workdir={workdir} is a file, not a folder; give a new or an existing run folder")
-    path = Path(workdir) / "config.json"
+    path = Path(workdir) / CONFIG
     config = json.loads(json.dumps(config))  # tuples → lists, as stored
     if path.exists():
-        try:
-            stored = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise WorkdirError(f"{path} is not valid JSON ({error}); fix or remove it, or use another --workdir")
-        changed = _differences(stored, config)
+        stored = read_config(workdir)
+        changed = [key for key in _differences(stored, config) if not _is_runtime(key)]
         if changed:
             raise WorkdirError(
                 f"workdir {workdir} holds a run of a different config (differs in: {', '.join(changed[:8])}); "
-                "use another --workdir, or the same config to resume"
-            )
+                "use another --workdir, or the same config to resume")
+        if stored != config and is_writer():
+            atomic_write(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return
-    if any(Path(workdir).glob("depth_*")):
-        raise WorkdirError(f"workdir {workdir} holds runs but no config.json; use another --workdir")
+    if any(p.is_dir() for p in Path(workdir).glob("*/seed_*")):
+        raise WorkdirError(f"workdir {workdir} holds runs but no {CONFIG}; use another --workdir")
     if is_writer():
         Path(workdir).mkdir(parents=True, exist_ok=True)
-        _atomic_write(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        atomic_write(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def read_config(workdir: Path | str) -> dict[str, Any]:
-    path = Path(workdir) / "config.json"
+    path = Path(workdir) / CONFIG
     if not path.exists():
         raise WorkdirError(f"{path} does not exist: --workdir must be a folder written by `python -m ncjax.main`")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise WorkdirError(f"{path} is not valid JSON ({error}); fix or remove it, or use another --workdir") from None
 
 
-def read_metrics(run: Path) -> list[dict[str, Any]]:
-    """The metrics lines of a run, one per evaluated step (later lines win)."""
-    path = Path(run) / "metrics.jsonl"
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    """JSON lines of ``path`` (none if absent), by step; later lines win; a torn last line is skipped."""
     if not path.exists():
         return []
     by_step = {}
     for line in path.read_text().splitlines():
-        if line.strip():
+        try:
             record = json.loads(line)
-            by_step[record["step"]] = record
+        except json.JSONDecodeError:  # the tail of a write cut by a kill
+            continue
+        by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]
 
 
-def write_metrics(run: Path, records: Iterable[dict[str, Any]]) -> None:
+def read_metrics(run: Path | str) -> list[dict[str, Any]]:
+    """The metrics lines of a run, one per evaluated step."""
+    return read_lines(Path(run) / METRICS)
+
+
+def write_metrics(run: Path | str, records: Iterable[dict[str, Any]]) -> None:
     """Replace metrics.jsonl with ``records`` (sorted by step), atomically."""
+    _write_lines(Path(run) / METRICS, records)
+
+
+def read_train_log(run: Path | str) -> list[dict[str, Any]]:
+    """The training log of a run: loss, its parts and the gradient norm every ``log_every_steps``."""
+    return read_lines(Path(run) / TRAIN_LOG)
+
+
+def append_train_log(run: Path | str, records: Iterable[dict[str, Any]]) -> None:
+    """Append lines to train_log.jsonl (a kill may tear the last one: readers skip it)."""
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    if is_writer() and lines:
+        with (Path(run) / TRAIN_LOG).open("a") as f:
+            f.write(lines)
+
+
+def truncate(run: Path | str, step: int) -> None:
+    """Drop every metrics and train-log line past ``step`` (a resume recomputes them identically)."""
+    for name in (METRICS, TRAIN_LOG):
+        path = Path(run) / name
+        lines = read_lines(path)
+        if path.exists() and (any(r["step"] > step for r in lines) or len(lines) != _line_count(path)):
+            _write_lines(path, [r for r in lines if r["step"] <= step])
+
+
+def _line_count(path: Path) -> int:
+    return sum(1 for line in path.read_text().splitlines() if line.strip())
+
+
+def _write_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
     if is_writer():
+        path.parent.mkdir(parents=True, exist_ok=True)
         lines = [json.dumps(r, sort_keys=True) for r in sorted(records, key=lambda r: r["step"])]
-        _atomic_write(Path(run) / "metrics.jsonl", "".join(line + "\n" for line in lines))
+        atomic_write(path, "".join(line + "\n" for line in lines))
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.parent / (path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+def atomic_write(path: Path, content: str | bytes) -> None:
+    """Replace ``path`` by ``content`` in one rename: a reader or a kill sees the old file or the new one."""
+    tmp = Path(path).parent / (Path(path).name + ".tmp")
+    try:
+        tmp.write_bytes(content) if isinstance(content, bytes) else tmp.write_text(content)
+        tmp.replace(path)
+    except BaseException:
+        if tmp.exists():
+            tmp.unlink()
+        raise

@@ -1,8 +1,17 @@
-"""The sweep's summary: summary.csv and nc_vs_depth.png from the runs' metrics.jsonl.
+"""The sweep's tables from the workdir alone: summary.csv (one row per run) and slopes.csv.
 
-Each run contributes its last evaluated checkpoint. The fitted slope of
-log10(metric) against log10(depth) (the paper reports about −1/3) is given per
-seed and as mean ± std over seeds, in the table and in the plot's legend.
+Each run contributes its last metrics line. A run **fails** by a stated rule: it diverged
+(its loss or gradient became NaN/Inf), its final training accuracy is below
+``summary.min_train_accuracy``, its final loss is not finite, or one of the paper's headline
+metrics (:data:`HEADLINE`) that it reports is not a finite positive number. Failed runs stay
+in summary.csv with the reason, and are left out of every fit.
+
+**One slope estimator everywhere** (tables and figures): for each seed, the least-squares
+slope of log10(metric) on log10(axis value) over the runs of that seed that pass; then the
+mean and the standard deviation (ddof = 1) of those per-seed slopes. The axis is
+``summary.slope_axis`` (default ``depth``); the other swept axes split the fits into panels.
+Beside every slope: how many runs it used and how many were left out (failed runs, or a
+metric that is NaN for a run, e.g. NC2 on centred means with two classes).
 """
 
 from __future__ import annotations
@@ -10,115 +19,121 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any
+from typing import Any, Iterable
 
+import ml_collections
 import numpy as np
 from etils.epath import Path
 
-from ncjax import collapse, records
+from ncjax import figures, plan, records
 
-PLOTTED = ("nc1", "nc1_quotient", "cdnv", "nc2_etf", "nc2_equinorm", "nc2_equiangle", "nc3", "ufm_distance",
-           "ufm_gap")
-METRICS = collapse.METRIC_NAMES + ("ufm_distance", "ufm_gap")
-COLUMNS = ("kind", "depth", "seed", "step", "epoch", "train_loss", "l2_penalty", "objective",
-           "train_accuracy", "test_accuracy") + METRICS
+# The paper's forms of NC1, NC2 and NC3 (science.md §2), reported and plotted first.
+HEADLINE = ("nc1_quotient", "nc2_etf_w", "nc3_cos")
+# Figure panels and column order: each family's paper form first.
+FAMILIES = {
+    "NC1": ("nc1_quotient", "nc1", "cdnv"),
+    "NC2": ("nc2_etf_w", "nc2_etf", "nc2_ortho", "nc2_equinorm", "nc2_equiangle", "gnc2_log", "gnc2_dist"),
+    "NC3 / NC4": ("nc3_cos", "nc3", "unc3", "nc4"),
+    "UFM": ("ufm_gap_relative", "ufm_distance"),
+}
+RUN_COLUMNS = ("seed", "status", "reason", "step", "epoch", "train_loss", "train_accuracy", "test_loss",
+               "test_accuracy", "l2_penalty", "objective")
+SLOPE_COLUMNS = ("metric", "seed", "slope", "runs_used", "runs_left_out")
 
 
 def final_rows(workdir: Path | str) -> list[dict[str, Any]]:
     """The last metrics line of every run."""
-    rows = []
-    for depth, seed, run in records.runs(workdir):
-        lines = records.read_metrics(run)
-        if lines:
-            rows.append(dict(lines[-1], kind="run", depth=depth, seed=seed))
-    return rows
+    return [lines[-1] for lines in map(records.read_metrics, records.run_folders(workdir)) if lines]
 
 
-def log_log_slope(depths, values) -> float:
-    """Least-squares slope of log10(value) on log10(depth); NaN if under two usable points."""
-    depths, values = np.asarray(depths, float), np.asarray(values, float)
-    ok = (values > 0) & np.isfinite(values)
-    if len(np.unique(depths[ok])) < 2:
-        return math.nan
-    return float(np.polyfit(np.log10(depths[ok]), np.log10(values[ok]), 1)[0])
+def failure(row: dict[str, Any], min_train_accuracy: float) -> str:
+    """Why a run fails the stated rule ('' if it passes)."""
+    if row.get("status") == "diverged":
+        return f"diverged at step {row.get('diverged_at_step')}"
+    if not math.isfinite(row.get("train_loss", math.nan)):
+        return "training loss is not finite"
+    if row.get("train_accuracy", 0.0) < min_train_accuracy:
+        return f"training accuracy {row['train_accuracy']:.3f} < {min_train_accuracy}"
+    bad = [m for m in HEADLINE if m in row and not (_positive(row[m]))]
+    return f"{', '.join(bad)} not a finite positive number" if bad else ""
 
 
-def slopes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Slope rows: one per seed, then the mean and std over seeds."""
+def _positive(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def metric_names(rows: Iterable[dict[str, Any]]) -> list[str]:
+    """Every scalar metric the rows carry: the families' order first, then the rest sorted."""
+    present = {k for r in rows for k, v in r.items() if isinstance(v, float)}
+    ordered = [m for family in FAMILIES.values() for m in family if m in present]
+    skip = set(ordered) | set(RUN_COLUMNS) | {"diverged_at_step"}
+    return ordered + sorted(k for k in present if k not in skip and "." not in k and k != "depth")
+
+
+def log_log_slope(xs, values) -> tuple[float, int]:
+    """Least-squares slope of log10(value) on log10(x) over the finite positive values, and how many."""
+    xs, values = np.asarray(xs, float), np.asarray(values, float)
+    ok = np.isfinite(values) & (values > 0)
+    if len(np.unique(xs[ok])) < 2:
+        return math.nan, int(ok.sum())
+    return float(np.polyfit(np.log10(xs[ok]), np.log10(values[ok]), 1)[0]), int(ok.sum())
+
+
+def slopes(rows: list[dict[str, Any]], axis: str, others: list[str], metrics: list[str]) -> list[dict[str, Any]]:
+    """Per panel (values of the ``others`` axes) and metric: per-seed slopes, then their mean and std."""
     out = []
-    for seed in sorted({r["seed"] for r in rows}):
-        mine = [r for r in rows if r["seed"] == seed]
-        out.append(dict(kind="slope", seed=seed, **{
-            m: log_log_slope([r["depth"] for r in mine], [r.get(m, math.nan) for r in mine]) for m in METRICS}))
-    if out:
-        table = {m: np.array([s[m] for s in out], float) for m in METRICS}
-        out.append(dict(kind="slope", seed="mean", **{m: _nan_stat(np.nanmean, v) for m, v in table.items()}))
-        out.append(dict(kind="slope", seed="std", **{m: _nan_stat(np.nanstd, v) for m, v in table.items()}))
+    for panel, members in _panels(rows, others):
+        for metric in metrics:
+            per_seed = []
+            for seed in sorted({r["seed"] for r in members}):
+                mine = [r for r in members if r["seed"] == seed]
+                used = [r for r in mine if not r["failed"]]
+                slope, n = log_log_slope([r[axis] for r in used], [r.get(metric, math.nan) for r in used])
+                per_seed.append(dict(panel, metric=metric, seed=seed, slope=slope, runs_used=n,
+                                     runs_left_out=len(mine) - n))
+            finite = np.array([s["slope"] for s in per_seed if math.isfinite(s["slope"])])
+            used, left = sum(s["runs_used"] for s in per_seed), sum(s["runs_left_out"] for s in per_seed)
+            mean = float(finite.mean()) if finite.size else math.nan
+            std = float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+            out += per_seed + [dict(panel, metric=metric, seed="mean", slope=mean, runs_used=used, runs_left_out=left),
+                               dict(panel, metric=metric, seed="std", slope=std, runs_used=used, runs_left_out=left)]
     return out
 
 
-def _nan_stat(fn, values) -> float:
-    return float(fn(values)) if np.any(np.isfinite(values)) else math.nan
+def _panels(rows, others):
+    keys = sorted({tuple(r.get(k) for k in others) for r in rows}, key=repr)
+    return [(dict(zip(others, key)), [r for r in rows if tuple(r.get(k) for k in others) == key]) for key in keys]
+
+
+def _csv(columns, rows) -> str:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
 
 
 def write(workdir: Path | str) -> Path:
-    """Write summary.csv and nc_vs_depth.png; returns the workdir."""
+    """Write summary.csv, slopes.csv and the figures (``ncjax.figures``); returns the workdir."""
     workdir = Path(workdir)
     rows = final_rows(workdir)
     if not rows:
         raise records.WorkdirError(f"{workdir} holds no evaluated runs yet: nothing to summarise")
     if not records.is_writer():
         return workdir
-    table = rows + slopes(rows)
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(table)
-    tmp = workdir / "summary.csv.tmp"
-    tmp.write_text(text.getvalue())
-    tmp.replace(workdir / "summary.csv")
-    plot(rows, workdir / "nc_vs_depth.png", title=records.read_config(workdir).get("name", workdir.name))
+    config = records.read_config(workdir)
+    settings = config.get("summary", {})
+    axes = [key for key, _ in plan.axes(ml_collections.ConfigDict(config))]
+    axis = settings.get("slope_axis", plan.DEPTH)
+    for row in rows:
+        row["reason"] = failure(row, settings.get("min_train_accuracy", 0.99))
+        row["failed"] = bool(row["reason"])
+        row["status"] = row.get("status") or ("failed" if row["failed"] else "ok")
+    metrics = metric_names(rows)
+    records.atomic_write(workdir / "summary.csv", _csv(axes + list(RUN_COLUMNS) + metrics, rows))
+    others = [k for k in axes if k != axis]
+    table = slopes(rows, axis, others, metrics) if axis in axes else []
+    records.atomic_write(workdir / "slopes.csv", _csv(others + list(SLOPE_COLUMNS), table))
+    figures.write(workdir, rows, table, axis=axis, others=others, families=FAMILIES,
+                  title=config.get("name", workdir.name))
     return workdir
-
-
-def plot(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
-    """Collapse against depth on log-log axes: mean over seeds, min–max band, fitted slope."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    depths = sorted({r["depth"] for r in rows})
-    fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110)
-    for metric in PLOTTED:
-        grid = np.array([[r.get(metric, math.nan) for r in rows if r["depth"] == d] for d in depths], dtype=object)
-        values = [np.asarray(g, float) for g in grid]
-        if not all(np.any(np.isfinite(v) & (v > 0)) for v in values):
-            continue
-        mean = np.array([np.nanmean(np.where(v > 0, v, np.nan)) for v in values])
-        low = np.array([np.nanmin(np.where(v > 0, v, np.nan)) for v in values])
-        high = np.array([np.nanmax(np.where(v > 0, v, np.nan)) for v in values])
-        slope = log_log_slope(depths, mean)
-        (line,) = ax.plot(depths, mean, marker="o", label=f"{metric} (slope {slope:+.2f})")
-        ax.fill_between(depths, low, high, color=line.get_color(), alpha=0.15)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xticks(depths, [str(d) for d in depths])
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    ax.set_xlabel("depth L")
-    ax.set_ylabel("collapse metric (lower = more collapsed)")
-    seeds = len({r["seed"] for r in rows})
-    ax.set_title(f"{title}: mean over {seeds} seed(s), band = min–max")
-    ax.legend(fontsize=8)
-    save_figure(fig, path)
-
-
-def save_figure(fig, path: Path) -> None:
-    """Write a matplotlib figure as PNG to a local or ``gs://`` path, and free it."""
-    import matplotlib.pyplot as plt
-
-    fig.axes[0].grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    with Path(path).open("wb") as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)

@@ -1,14 +1,20 @@
-"""Train state, the regularised loss, the sharded train step, and the training loop of one depth.
+"""Train state, the regularised loss, and the compiled block of train steps of a group of runs.
 
-All seeds of one depth train in one program: the state carries a leading seed
-axis and the step is ``jax.vmap``-ped over it, so five width-64 models keep one
-device busy instead of five small programs leaving it idle. The step is
-``jax.jit`` with ``in_shardings``/``out_shardings`` over the mesh, the state donated.
+A *group* is the set of runs (members) that train in one program: the seeds of one
+depth, or, packed, every depth and seed of a sweep. Members differ only in numbers
+(:class:`Hyper`: seed, λ, learning rate, active depth), never in shapes, so one
+step is ``jax.vmap`` over a leading member axis and five width-64 models keep one
+device busy instead of five small programs leaving it idle.
+
+One call of :meth:`Program.run_block` runs a block of steps (``lax.scan``): the
+batches come from the feed inside the program (``ncjax.data.feed``), and the call
+returns every step's losses and gradient norm. The host acts only between blocks.
+A member whose loss or gradient becomes non-finite is frozen at its last finite
+parameters and ``diverged_at`` records the step; the others train on.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -18,20 +24,39 @@ import ml_collections
 import numpy as np
 import optax
 from flax import struct
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from ncjax import models, objective, parallel
-from ncjax.errors import Diverged
+from ncjax.data.feed import Feed
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 L2_SCHEDULES = ("constant", "inverse_depth")
+STEP_LOGS = ("loss", "data_loss", "l2_penalty", "accuracy", "grad_norm")
+
+
+@struct.dataclass
+class Hyper:
+    """The numbers in which the members of a group differ, each [M]."""
+
+    seed: jax.Array  # uint32: initialisation and data order
+    l2: jax.Array  # float32: λ of this member (after the depth schedule)
+    learning_rate: jax.Array  # float32: peak learning rate
+    depth: jax.Array  # int32: active depth (blocks beyond it are the identity when packed)
+
+    @classmethod
+    def of(cls, seeds, l2s, learning_rates, depths) -> "Hyper":
+        return cls(seed=np.asarray(seeds, np.uint32), l2=np.asarray(l2s, np.float32),
+                   learning_rate=np.asarray(learning_rates, np.float32), depth=np.asarray(depths, np.int32))
 
 
 @struct.dataclass
 class TrainState:
-    step: jax.Array
-    params: Any
-    opt_state: Any
+    step: jax.Array  # [] int32: steps taken; the members train in lockstep
+    params: Any  # every leaf [M, ...]
+    opt_state: Any  # every leaf [M, ...]
+    diverged_at: jax.Array  # [M] int32: the step whose loss or gradient was first non-finite; 0 = never
 
 
 def l2_coefficient(train_config: ml_collections.ConfigDict, depth: int) -> float:
@@ -41,16 +66,16 @@ def l2_coefficient(train_config: ml_collections.ConfigDict, depth: int) -> float
     return train_config.l2
 
 
-def make_optimizer(c: ml_collections.ConfigDict, total_steps: int) -> optax.GradientTransformation:
-    """optax optimiser with the configured learning-rate schedule."""
+def make_optimizer(c: ml_collections.ConfigDict, total_steps: int, learning_rate=None) -> optax.GradientTransformation:
+    """optax optimiser with the configured schedule; ``learning_rate`` (may be traced) overrides the config's."""
+    peak = c.learning_rate if learning_rate is None else learning_rate
     if c.schedule == "constant":
-        lr = optax.constant_schedule(c.learning_rate)
+        lr = optax.constant_schedule(peak)
     elif c.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(c.learning_rate, max(total_steps, 1))
+        lr = optax.cosine_decay_schedule(peak, max(total_steps, 1))
     else:
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, c.learning_rate, min(c.warmup_steps, max(total_steps - 1, 0)), max(total_steps, 1)
-        )
+        lr = optax.warmup_cosine_decay_schedule(0.0, peak, min(c.warmup_steps, max(total_steps - 1, 0)),
+                                                max(total_steps, 1))
     if c.optimizer == "sgd":
         return optax.sgd(lr, momentum=c.momentum or None)
     if c.optimizer == "adam":
@@ -58,85 +83,132 @@ def make_optimizer(c: ml_collections.ConfigDict, total_steps: int) -> optax.Grad
     return optax.adamw(lr, weight_decay=c.weight_decay)
 
 
-def regularised_loss(module: nn.Module, c: ml_collections.ConfigDict, l2: float) -> Callable:
-    """``(params, x, y) → (data loss + λ‖θ‖², aux)``: the paper's objective on one batch."""
+def member_loss(module: nn.Module, c: ml_collections.ConfigDict, packed: bool) -> Callable:
+    """``(params, hyper, x, y, extras) → (data loss + λ‖θ‖², logs)``: the paper's objective for one member."""
 
-    def loss_fn(params, x, y):
-        logits, _ = module.apply({"params": params}, x, train=True)
+    def loss_fn(params, hyper: Hyper, x, y, extras):
+        del extras  # the paper's objective needs nothing beyond the batch
+        depth = dict(active_depth=hyper.depth) if packed else {}
+        logits, _ = module.apply({"params": params}, x, train=True, **depth)
         data = objective.data_loss(logits, y, c.loss, c.mse_target_scale)
         penalty = objective.l2_penalty(params, c.l2_exclude)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        return data + l2 * penalty, dict(data_loss=data, l2_penalty=penalty, accuracy=accuracy)
+        return data + hyper.l2 * penalty, dict(data_loss=data, l2_penalty=penalty, accuracy=accuracy)
 
     return loss_fn
 
 
-def _finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+def _where(ok, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
-@dataclasses.dataclass
 class Program:
-    """The compiled pieces of one depth: init, step and shardings, all seeds at once."""
+    """The compiled pieces of one group: init, and the block of steps; shardings over the mesh."""
 
-    state_sharding: Any
-    abstract_state: Any  # ShapeDtypeStructs with shardings, seed axis included
-    init: Callable  # seeds [S] uint32 → TrainState
-    step: Callable  # (state, x [S, B, ...], y [S, B]) → (state, metrics [S])
-    batch_sharding: Callable  # ndim → NamedSharding of a [S, B, ...] batch
+    def __init__(self, module: nn.Module, train_config: ml_collections.ConfigDict, feed: Feed,
+                 mesh: jax.sharding.Mesh, total_steps: int, sample_input: np.ndarray, hyper: Hyper,
+                 packed: bool = False, loss: Callable | None = None):
+        """``loss``: ``(params, hyper, x, y, extras) → (scalar, logs)`` for one member, where ``extras`` are
+        that member's slice of what :meth:`run_block` is given (e.g. a frozen earlier model); default:
+        the paper's objective (:func:`member_loss`)."""
+        self.module, self.config, self.feed, self.mesh = module, train_config, feed, mesh
+        self.total_steps, self.packed, self.seeds = total_steps, packed, np.asarray(hyper.seed)
+        num_members = len(self.seeds)
+        c = train_config
+        loss_fn = loss or member_loss(module, c, packed)
+        sample = jnp.asarray(sample_input[:1])
 
+        def init_one(seed):
+            params = nn.meta.unbox(module.init(jax.random.key(seed), sample))["params"]
+            return params, make_optimizer(c, total_steps).init(params)
 
-def build_program(
-    module: nn.Module,
-    train_config: ml_collections.ConfigDict,
-    depth: int,
-    sample_input: np.ndarray,
-    num_seeds: int,
-    total_steps: int,
-    mesh: jax.sharding.Mesh,
-) -> Program:
-    tx = make_optimizer(train_config, total_steps)
-    loss_fn = regularised_loss(module, train_config, l2_coefficient(train_config, depth))
-    sample = jnp.asarray(sample_input[:1])
+        def step_one(params, opt_state, diverged_at, hyper: Hyper, x, y, extras, step):
+            (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, hyper, x, y, extras)
+            updates, new_opt_state = make_optimizer(c, total_steps, hyper.learning_rate).update(
+                grads, opt_state, params)
+            grad_norm = optax.tree_utils.tree_norm(grads)
+            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+            ok = finite & (diverged_at == 0)
+            params = _where(ok, optax.apply_updates(params, updates), params)
+            opt_state = _where(ok, new_opt_state, opt_state)
+            diverged_at = jnp.where((diverged_at == 0) & ~finite, step + 1, diverged_at)
+            return params, opt_state, diverged_at, dict(logs, loss=loss, grad_norm=grad_norm)
 
-    def init_one(seed):
-        params = nn.meta.unbox(module.init(jax.random.key(seed), sample))["params"]
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        step_members = jax.vmap(step_one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
+        batch_spec = lambda ndim: NamedSharding(mesh, P(None, parallel.BATCH_AXES, *([None] * (ndim - 2))))
 
-    def step_one(state: TrainState, x, y):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, y)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        aux = dict(aux, loss=loss, finite=_finite(params) & jnp.isfinite(loss))
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), aux
+        def block(state: TrainState, carry, hyper: Hyper, arrays, block_inputs, extras, length: int):
+            def body(inner, index):
+                state, carry = inner
+                (x, y), carry = feed.batch(arrays, carry, block_inputs, hyper.seed, state.step, index)
+                x = jax.lax.with_sharding_constraint(x, batch_spec(x.ndim))
+                y = jax.lax.with_sharding_constraint(y, batch_spec(y.ndim))
+                params, opt_state, diverged_at, logs = step_members(
+                    state.params, state.opt_state, state.diverged_at, hyper, x, y, extras, state.step)
+                state = TrainState(state.step + 1, params, opt_state, diverged_at)
+                return (state, carry), logs
 
-    abstract = jax.eval_shape(jax.vmap(init_one), jax.ShapeDtypeStruct((num_seeds,), jnp.uint32))
-    specs = models.logical_specs(module, sample)["params"]
-    param_sharding = parallel.param_shardings(specs, mesh, leading=1)
-    rep = parallel.replicated(mesh)
+            (state, carry), logs = jax.lax.scan(body, (state, carry), jnp.arange(length))
+            return state, carry, logs
 
-    # Optimiser moments are sharded like the parameters they mirror; counts are replicated.
-    opt_sharding = optax.tree_map_params(
-        tx, lambda _, sharding: sharding, abstract.opt_state, param_sharding, transform_non_params=lambda _: rep
-    )
-    state_sharding = TrainState(step=rep, params=param_sharding, opt_state=opt_sharding)
-    state_sharding = parallel.fit_shardings(state_sharding, abstract)
-    abstract_state = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sharding
-    )
+        abstract = jax.eval_shape(jax.vmap(init_one), jax.ShapeDtypeStruct((num_members,), jnp.uint32))
+        specs = models.logical_specs(module, sample)["params"]
+        param_sharding = parallel.param_shardings(specs, mesh, leading=1)
+        rep = parallel.replicated(mesh)
+        # Optimiser moments are sharded like the parameters they mirror; counts are replicated.
+        opt_sharding = optax.tree_map_params(
+            make_optimizer(c, total_steps), lambda _, sharding: sharding, abstract[1], param_sharding,
+            transform_non_params=lambda _: rep)
+        state_sharding = TrainState(step=rep, params=param_sharding, opt_state=opt_sharding, diverged_at=rep)
+        abstract_state = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract[0],
+                                    opt_state=abstract[1],
+                                    diverged_at=jax.ShapeDtypeStruct((num_members,), jnp.int32))
+        self.state_sharding = parallel.fit_shardings(state_sharding, abstract_state)
+        self.abstract_state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                           abstract_state, self.state_sharding)
+        self.replicated = rep
 
-    def batch_sharding(ndim: int):
-        return parallel.batch_sharding(mesh, ndim, leading=1)
+        def init(seeds):
+            params, opt_state = jax.vmap(init_one)(seeds)
+            return TrainState(jnp.zeros((), jnp.int32), params, opt_state, jnp.zeros(seeds.shape, jnp.int32))
 
-    x_sharding = batch_sharding(sample_input.ndim + 1)
-    y_sharding = batch_sharding(2)
-    # Init runs once: on CPU, skipping LLVM's optimisations halves its compile time for free.
-    init_options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-    init = jax.jit(jax.vmap(init_one), out_shardings=state_sharding, compiler_options=init_options)
-    step = jax.jit(
-        jax.vmap(step_one),
-        in_shardings=(state_sharding, x_sharding, y_sharding),
-        out_shardings=(state_sharding, rep),
-        donate_argnums=0,
-    )
-    return Program(state_sharding, abstract_state, init, step, batch_sharding)
+        # Init runs once: on CPU, skipping LLVM's optimisations halves its compile time for free.
+        init_options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+        self._init = jax.jit(init, out_shardings=self.state_sharding, compiler_options=init_options)
+        def one_step(state: TrainState, hyper: Hyper, x, y, extras):
+            params, opt_state, diverged_at, logs = step_members(
+                state.params, state.opt_state, state.diverged_at, hyper, x, y, extras, state.step)
+            return TrainState(state.step + 1, params, opt_state, diverged_at), logs
+
+        self.batch_sharding = batch_spec
+        self._step = jax.jit(one_step, donate_argnums=0, in_shardings=(self.state_sharding, rep, None, None, None),
+                             out_shardings=(self.state_sharding, rep))
+        # Shardings pinned on both sides: a restored, a fresh and a returned state hit the same compiled block.
+        self._block = jax.jit(block, static_argnums=6, donate_argnums=(0, 1),
+                              in_shardings=(self.state_sharding, rep, rep, None, None, None),
+                              out_shardings=(self.state_sharding, rep, rep))
+
+        self.hyper = jax.tree.map(
+            lambda a: jax.make_array_from_callback(a.shape, rep, lambda index: a[index]), hyper)
+
+    def init(self) -> TrainState:
+        return self._init(self.hyper.seed)
+
+    def carry(self, step: int):
+        """The feed's carry at ``step`` (e.g. the current epoch's order): recomputed, never checkpointed."""
+        return self.feed.carry(self.hyper.seed, step)
+
+    def step(self, state: TrainState, x, y, extras=()):
+        """One step on a given batch (x [M, B, ...], y [M, B], sharded as ``batch_sharding``): the bare step the
+        benchmarks compare the block loop with. Donates ``state``."""
+        return self._step(state, self.hyper, x, y, extras)
+
+    def run_block(self, state: TrainState, carry, start: int, length: int, extras=()):
+        """``length`` steps from ``start`` (= ``state.step``); returns (state, carry, logs {name: [T, M]}).
+
+        ``extras``: a pytree whose leaves have a leading member axis, handed to the loss (member's slice).
+        Donates ``state`` and ``carry``. Everything returned stays on the device: fetch the
+        logs after dispatching the next block, so the device never waits for the host.
+        """
+        inputs = self.feed.block_inputs(self.seeds, start, length)
+        return self._block(state, carry, self.hyper, self.feed.arrays, inputs, extras, length)

@@ -15,7 +15,7 @@ from collections import defaultdict
 import ml_collections
 from etils.epath import Path
 
-from ncjax import records, summary, ufm
+from ncjax import figures, records, ufm
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
@@ -55,4 +55,4 @@ def plot(rows, path: Path, title: str) -> None:
     ax.set_ylabel("optimal UFM objective (circles: solver)")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    summary.save_figure(fig, path)
+    figures.save_figure(fig, path)

@@ -2,6 +2,7 @@
 
 import gzip
 import importlib.resources
+import struct
 import time
 
 import numpy as np
@@ -120,59 +121,7 @@ def test_data_error_is_a_value_error():
     assert issubclass(data.DataError, ValueError)
 
 
-# --- batching ---------------------------------------------------------------------
-
-
-def _epoch(n, batch_size, seed, epoch, **kwargs):
-    x = np.arange(n)
-    return list(data.train_batches(x, x * 10, batch_size, seed, epoch, **kwargs))
-
-
-def test_train_batches_deterministic_permutation():
-    batches = _epoch(103, 10, seed=5, epoch=2)
-    assert len(batches) == data.steps_per_epoch(103, 10) == 10
-    for bx, by in batches:
-        assert bx.shape == (10,)
-        np.testing.assert_array_equal(by, bx * 10)
-    seen = np.concatenate([bx for bx, _ in batches])
-    assert len(np.unique(seen)) == 100 and seen.max() < 103
-    again = _epoch(103, 10, seed=5, epoch=2)
-    assert all(np.array_equal(a[0], b[0]) for a, b in zip(batches, again))
-    full = np.concatenate([bx for bx, _ in _epoch(100, 10, seed=5, epoch=2)])
-    np.testing.assert_array_equal(np.sort(full), np.arange(100))
-    for other in (_epoch(103, 10, seed=5, epoch=3), _epoch(103, 10, seed=6, epoch=2)):
-        assert not np.array_equal(seen, np.concatenate([bx for bx, _ in other]))
-
-
-def test_train_batches_process_slices_concatenate_to_global_batch():
-    single = _epoch(64, 16, seed=0, epoch=1)
-    per_process = [
-        _epoch(64, 16, seed=0, epoch=1, process_index=p, process_count=4) for p in range(4)
-    ]
-    for step, (bx, by) in enumerate(single):
-        assert all(parts[step][0].shape == (4,) for parts in per_process)
-        np.testing.assert_array_equal(np.concatenate([parts[step][0] for parts in per_process]), bx)
-        np.testing.assert_array_equal(np.concatenate([parts[step][1] for parts in per_process]), by)
-
-
-def test_train_batches_start_step_resumes():
-    full = _epoch(50, 8, seed=1, epoch=0, process_index=1, process_count=2)
-    resumed = _epoch(50, 8, seed=1, epoch=0, process_index=1, process_count=2, start_step=4)
-    assert len(resumed) == len(full) - 4
-    for (a, _), (b, _) in zip(full[4:], resumed):
-        np.testing.assert_array_equal(a, b)
-    assert _epoch(50, 8, seed=1, epoch=0, start_step=6) == []
-
-
-def test_batching_bad_inputs():
-    with pytest.raises(data.DataError, match="multiple of the process count 3"):
-        _epoch(64, 16, seed=0, epoch=0, process_count=3)
-    with pytest.raises(data.DataError, match="larger than the 10 training examples"):
-        _epoch(10, 16, seed=0, epoch=0)
-    with pytest.raises(data.DataError, match="start_step=9"):
-        _epoch(64, 8, seed=0, epoch=0, start_step=9)
-    with pytest.raises(data.DataError, match="process_index=2"):
-        _epoch(64, 8, seed=0, epoch=0, process_index=2, process_count=2)
+# --- evaluation batches (training batches: tests/test_feed.py) ---------------------
 
 
 def test_eval_batches_pad_the_tail():
@@ -346,3 +295,140 @@ def test_tfds_bad_name_and_features(tmp_path):
         data.load(_config(source="tfds:no_such_data_set_xyz", data_dir=str(tmp_path)))
     with pytest.raises(data.DataError, match="reads 'image' or 'text' with 'label'"):
         data.load(_config(source="tfds:squad", data_dir=str(tmp_path)))
+
+
+# --- IDX folders (files written here; the layout MNIST, Fashion-MNIST and KMNIST ship in) ------
+
+
+def _idx_bytes(values, type_code=0x08, fmt="B"):
+    """An IDX file written with struct, independently of the reader: header, big-endian values."""
+    values = np.asarray(values)
+    header = bytes([0, 0, type_code, values.ndim]) + struct.pack(f">{values.ndim}I", *values.shape)
+    return header + struct.pack(f">{values.size}{fmt}", *values.ravel().tolist())
+
+
+def _write(folder, name, content):
+    (folder / name).write_bytes(gzip.compress(content) if name.endswith(".gz") else content)
+
+
+def _idx_split(rng, n, shape=(5, 7), num_classes=3):
+    labels = np.arange(n) % num_classes
+    return rng.integers(0, 256, size=(n, *shape)), rng.permutation(labels)
+
+
+@pytest.fixture
+def idx_folder(tmp_path):
+    """Train raw and gzipped, test spelt '.idx3-ubyte': every kind of name the reader accepts."""
+    rng = np.random.default_rng(0)
+    splits = {"train": _idx_split(rng, 12), "test": _idx_split(rng, 6)}
+    _write(tmp_path, "train-images-idx3-ubyte", _idx_bytes(splits["train"][0]))
+    _write(tmp_path, "train-labels-idx1-ubyte.gz", _idx_bytes(splits["train"][1]))
+    _write(tmp_path, "t10k-images.idx3-ubyte.gz", _idx_bytes(splits["test"][0]))
+    _write(tmp_path, "t10k-labels.idx1-ubyte", _idx_bytes(splits["test"][1]))
+    return tmp_path, splits
+
+
+def test_idx_reads_raw_gzip_and_both_spellings(idx_folder):
+    folder, splits = idx_folder
+    ds = data.load(_config(source=f"idx:{folder}", normalize=False))
+    assert (ds.name, ds.kind, ds.num_classes, ds.vocab_size) == (f"idx:{folder}", "image", 3, None)
+    for x, y, (pixels, labels) in ((ds.train_x, ds.train_y, splits["train"]),
+                                   (ds.test_x, ds.test_y, splits["test"])):
+        assert x.dtype == np.float32 and y.dtype == np.int32
+        assert x.shape == (len(pixels), 5, 7, 1)
+        np.testing.assert_allclose(x[..., 0], pixels / 255.0, rtol=1e-6)
+        np.testing.assert_array_equal(y, labels)
+
+
+def test_idx_prefers_uncompressed_and_goes_through_subset_and_normalize(idx_folder):
+    folder, splits = idx_folder
+    _write(folder, "train-images-idx3-ubyte.gz", b"not read: the uncompressed file comes first")
+    ds = data.load(_config(source=f"idx:{folder}", n_per_class=2), seed=1)
+    assert np.bincount(ds.train_y).tolist() == [2, 2, 2] and ds.test_x.shape == (6, 5, 7, 1)
+    kept = np.flatnonzero(np.isin(np.arange(12), _kept_rows(splits["train"][1], 2, seed=1)))
+    raw = splits["train"][0][kept] / 255.0
+    np.testing.assert_allclose(ds.train_x[..., 0], (raw - raw.mean()) / raw.std(), atol=1e-5)
+    np.testing.assert_allclose(
+        ds.test_x[..., 0], (splits["test"][0] / 255.0 - raw.mean()) / raw.std(), atol=1e-5
+    )
+
+
+def _kept_rows(labels, n_per_class, seed):
+    """subset_per_class's documented rule: the first n of each class in the seed's permutation."""
+    order = np.random.default_rng(seed).permutation(len(labels))
+    return np.concatenate([order[labels[order] == c][:n_per_class] for c in np.unique(labels)])
+
+
+def test_idx_without_test_files_has_no_test_split(idx_folder):
+    folder, _ = idx_folder
+    for name in ("t10k-images.idx3-ubyte.gz", "t10k-labels.idx1-ubyte"):
+        (folder / name).unlink()
+    ds = data.load(_config(source=f"idx:{folder}"))
+    assert ds.test_x is None and ds.test_y is None and ds.train_x.shape == (12, 5, 7, 1)
+
+
+def test_idx_parses_multibyte_big_endian_types():
+    from ncjax.data.idx_source import parse_idx
+
+    shorts = np.array([[[1, -2], [300, -32768]]])
+    np.testing.assert_array_equal(parse_idx(_idx_bytes(shorts, 0x0B, "h"), "x"), shorts)
+    floats = np.array([0.5, -1.25e3, 3.0])
+    np.testing.assert_array_equal(parse_idx(_idx_bytes(floats, 0x0D, "f"), "x"), floats)
+
+
+def _break(folder, case):
+    """Damages the fixture's folder in one way a user could meet."""
+    if case == "byte-swapped magic":
+        content = (folder / "train-images-idx3-ubyte").read_bytes()
+        _write(folder, "train-images-idx3-ubyte", bytes([3, 8, 0, 0]) + content[4:])
+    elif case == "truncated":
+        content = (folder / "train-images-idx3-ubyte").read_bytes()
+        _write(folder, "train-images-idx3-ubyte", content[:-10])
+    elif case == "truncated gzip":
+        content = (folder / "train-labels-idx1-ubyte.gz").read_bytes()
+        (folder / "train-labels-idx1-ubyte.gz").write_bytes(content[: len(content) // 2])
+    elif case == "count mismatch":
+        _write(folder, "train-labels-idx1-ubyte.gz", _idx_bytes(np.arange(11) % 3))
+    elif case == "labels missing":
+        (folder / "train-labels-idx1-ubyte.gz").unlink()
+    elif case == "one test file":
+        (folder / "t10k-labels.idx1-ubyte").unlink()
+    elif case == "images as labels":
+        _write(folder, "train-labels-idx1-ubyte.gz", _idx_bytes(np.zeros((12, 5, 7), int)))
+    elif case == "class without examples":
+        _write(folder, "train-labels-idx1-ubyte.gz", _idx_bytes(np.arange(12) % 2 * 2))
+    elif case == "one class":
+        _write(folder, "train-labels-idx1-ubyte.gz", _idx_bytes(np.zeros(12, int)))
+        _write(folder, "t10k-labels.idx1-ubyte", _idx_bytes(np.zeros(6, int)))
+    elif case == "test size differs":
+        _write(folder, "t10k-images.idx3-ubyte.gz", _idx_bytes(np.zeros((6, 7, 5), int)))
+    elif case == "empty folder":
+        for path in folder.iterdir():
+            path.unlink()
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("byte-swapped magic", "train-images-idx3-ubyte is not an IDX file: it starts with 03080000"),
+    ("truncated", r"promises \(12, 5, 7\) uint8 values \(436 bytes\) but the file has 426"),
+    ("truncated gzip", "train-labels-idx1-ubyte.gz is not a readable gzip file"),
+    ("count mismatch", "has 11 labels but train-images-idx3-ubyte has 12 images"),
+    ("labels missing", "has train-images-idx3-ubyte but no train-labels-idx1-ubyte.*config.data"),
+    ("one test file", "has t10k-images.idx3-ubyte.gz but no t10k-labels-idx1-ubyte"),
+    ("images as labels", r"uint8 values of shape \(12, 5, 7\); expected integer class labels"),
+    ("class without examples", "class 1 of 0..2 has no training example"),
+    ("one class", "a single class"),
+    ("test size differs", r"test images are \(7, 5\) pixels but training images \(5, 7\)"),
+    ("empty folder", "no training files; expected train-images-idx3-ubyte, .*config.data.source"),
+])
+def test_idx_broken_folder_is_a_one_line_data_error(idx_folder, case, expected):
+    folder, _ = idx_folder
+    _break(folder, case)
+    with pytest.raises(data.DataError, match=expected) as error:
+        data.load(_config(source=f"idx:{folder}"))
+    assert "\n" not in str(error.value) and str(folder) in str(error.value)
+
+
+def test_idx_missing_folder_names_the_expected_files(tmp_path):
+    missing = tmp_path / "no_such_folder"
+    with pytest.raises(data.DataError, match="is not a folder; --config.data.source=idx:<folder>"):
+        data.load(_config(source=f"idx:{missing}"))

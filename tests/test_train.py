@@ -1,4 +1,5 @@
-"""The sharded train step: same numbers on 1 and 8 devices, FSDP = data parallel, the paper's objective."""
+"""The block of train steps: bit-identical whatever the block length or feed, the same on 1 and 8 devices,
+FSDP = data parallel, a diverging member frozen while the others train, and the paper's objective."""
 
 import jax
 import jax.numpy as jnp
@@ -6,53 +7,82 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ncjax import experiment, models, objective, parallel, train
+from ncjax import data, experiment, models, objective, parallel, train
+from ncjax.data import feed as feeds
+
+TOTAL = 12
 
 
-def small_setup(name="t11", depth=2, width=16):
-    c = experiment.base_config()
-    c.model.name, c.model.width, c.model.num_heads, c.model.depth = name, width, 2, depth
-    c.model.patch_size = 4
-    c.train.steps = 3
+def _dataset(n=96):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(2, 32, 8, 8, 1)).astype(np.float32)  # [seeds, batch, H, W, C]
-    y = rng.integers(0, 10, size=(2, 32)).astype(np.int32)
-    return c, x, y
+    x = rng.normal(size=(n, 8, 8, 1)).astype(np.float32)
+    y = rng.integers(0, 10, size=n).astype(np.int32)
+    return data.Dataset(x, y, None, None, 10, "image", "noise")
 
 
-def losses_on(mesh, c, x, y, steps=3):
-    module = models.build(c.model)
-    program = train.build_program(module, c.train, c.model.depth, x[0], 2, steps, mesh)
-    state = program.init(jnp.asarray([0, 1], jnp.uint32))
-    xs = jax.device_put(x, program.batch_sharding(x.ndim))
-    ys = jax.device_put(y, program.batch_sharding(y.ndim))
-    out = []
-    for _ in range(steps):
-        state, aux = program.step(state, xs, ys)
-        out.append(np.asarray(aux["loss"]))
-    return np.stack(out), state
+def _program(name="rn1", mesh=None, placement="device", learning_rates=(0.005, 0.005), depth=2):
+    c = experiment.base_config()
+    c.model.update(name=name, width=16, num_heads=2, depth=depth, patch_size=4)
+    c.train.batch_size = 32
+    ds = _dataset()
+    mesh = mesh or parallel.make_mesh()
+    feed = feeds.choose(placement, ds, c.train.batch_size, mesh)
+    hyper = train.Hyper.of([0, 1], [0.005, 0.005], learning_rates, [depth, depth])
+    return train.Program(models.build(c.model), c.train, feed, mesh, TOTAL, ds.train_x[:1], hyper)
 
 
-@pytest.mark.parametrize("name", ["t11", "rn2"])
-def test_one_device_and_eight_devices_give_the_same_loss(name):
-    c, x, y = small_setup(name)
-    one, _ = losses_on(parallel.make_mesh(devices=jax.devices()[:1]), c, x, y)
-    eight, state = losses_on(parallel.make_mesh(), c, x, y)
-    np.testing.assert_allclose(eight, one, rtol=2e-5)
-    assert np.all(np.diff(one[:, 0]) < 0)  # it trains
-    fsdp, fsdp_state = losses_on(parallel.make_mesh(data=2, fsdp=4), c, x, y)
-    np.testing.assert_allclose(fsdp, one, rtol=2e-5)
+def _train(program, lengths):
+    """Train TOTAL steps in blocks of the given lengths (cycled); the state and the per-step logs [T, M].
+
+    A program compiles once per block length, so tests reuse programs and lengths."""
+    state, carry, step, logs = program.init(), program.carry(0), 0, []
+    for i in range(TOTAL):
+        if step == TOTAL:
+            break
+        n = min(lengths[i % len(lengths)], TOTAL - step)
+        state, carry, block_logs = program.run_block(state, carry, step, n)
+        logs.append(jax.device_get(block_logs))
+        step += n
+    return jax.device_get(state), {k: np.concatenate([b[k] for b in logs]) for k in logs[0]}
+
+
+def _bitwise_equal(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize("name, depth", [("rn1", 2), ("t11", 1)])
+def test_block_length_and_feed_do_not_change_a_bit(name, depth):
+    program = _program(name, depth=depth)
+    state, logs = _train(program, [TOTAL])
+    assert logs["loss"].shape == (TOTAL, 2) and np.all(np.isfinite(logs["loss"]))
+    for lengths in ([1], [7]):
+        again, again_logs = _train(program, lengths)
+        assert _bitwise_equal(again.params, state.params) and np.array_equal(again_logs["loss"], logs["loss"])
+    streamed, _ = _train(_program(name, placement="host", depth=depth), [TOTAL])
+    assert _bitwise_equal(streamed.params, state.params)
+
+
+def test_one_device_and_eight_devices_and_fsdp_agree():
+    _, one = _train(_program("rn2", mesh=parallel.make_mesh(devices=jax.devices()[:1])), [TOTAL])
+    _, eight = _train(_program("rn2"), [TOTAL])
+    np.testing.assert_allclose(eight["loss"], one["loss"], rtol=2e-5)
+    program = _program("rn2", mesh=parallel.make_mesh(data=2, fsdp=4))
+    state, fsdp = _train(program, [TOTAL])
+    np.testing.assert_allclose(fsdp["loss"], one["loss"], rtol=2e-5)
+    assert not np.allclose(one["loss"][:, 0], one["loss"][:, 1])  # different initialisations and data
     # FSDP really splits parameters: the embedding's width axis lives on 4 devices
-    kernel = fsdp_state.params["embed"]["kernel"]
-    assert kernel.sharding.spec[-1] == "fsdp"
-    assert kernel.addressable_shards[0].data.shape[-1] == kernel.shape[-1] // 4
+    kernel = program.init().params["embed"]["kernel"]
+    assert kernel.sharding.spec[-1] == "fsdp" and kernel.addressable_shards[0].data.shape[-1] == 16 // 4
 
 
-def test_seeds_differ_and_match_separate_training():
-    c, x, y = small_setup("rn1")
-    mesh = parallel.make_mesh()
-    both, _ = losses_on(mesh, c, x, y)
-    assert not np.allclose(both[:, 0], both[:, 1])  # different initialisations and data
+def test_a_diverging_member_is_frozen_and_the_other_trains_on():
+    state, logs = _train(_program("rn1", learning_rates=(0.005, 1e30)), [5])
+    diverged = np.asarray(state.diverged_at)
+    assert diverged[0] == 0 and 1 <= diverged[1] <= TOTAL
+    assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree.leaves(state.params))  # last finite parameters kept
+    assert not np.all(np.isfinite(logs["loss"][:, 1]))
+    _, alone = _train(_program("rn1"), [TOTAL])
+    np.testing.assert_allclose(logs["loss"][:, 0], alone["loss"][:, 0], rtol=1e-5)
 
 
 def test_objective_is_data_loss_plus_l2_times_squared_norm():

@@ -1,9 +1,9 @@
-"""Data for ncjax: TFDS, the embedded MNIST subset, Gaussian mixtures, and their batches.
+"""Data for ncjax: TFDS, the embedded MNIST subset, Gaussian mixtures, and their batches (``feed``: training).
 
 Imports nothing else of ncjax.
 """
 
-from ncjax.data.batches import PAD_LABEL, eval_batches, steps_per_epoch, train_batches
+from ncjax.data.batches import PAD_LABEL, eval_batches
 from ncjax.data.dataset import DataError, Dataset
 from ncjax.data.sources import default_config, load
 
@@ -14,6 +14,4 @@ __all__ = [
     "default_config",
     "eval_batches",
     "load",
-    "steps_per_epoch",
-    "train_batches",
 ]

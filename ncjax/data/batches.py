@@ -1,8 +1,7 @@
-"""Deterministic, resumable, host-sharded batches of in-memory arrays.
+"""Evaluation batches of in-memory arrays, in order, padded, split by host.
 
-The order depends only on (seed, epoch), never on the number of processes, so
-1-process and N-process runs, and resumed runs, see the same data. Every
-process holds the whole arrays and takes its own slice of each global batch.
+Every process holds the whole arrays and takes its own slice of each global batch.
+(Training batches come from ``ncjax.data.feed``.)
 """
 
 from __future__ import annotations
@@ -14,41 +13,6 @@ import numpy as np
 from ncjax.data.dataset import DataError
 
 PAD_LABEL = -1
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Full batches per epoch: the ragged remainder is dropped."""
-    return n // batch_size
-
-
-def train_batches(
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int,
-    seed: int,
-    epoch: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    start_step: int = 0,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yields this process's slice of every global batch of one epoch, from `start_step` on.
-
-    The epoch's order is `np.random.default_rng([seed, epoch]).permutation(len(x))`;
-    global batch s holds positions [s*batch_size, (s+1)*batch_size) of it, and
-    process p gets the contiguous part [p*b, (p+1)*b) of that, b = batch_size //
-    process_count. Starting at `start_step` skips earlier batches without building them.
-    """
-    local = _local_batch_size(batch_size, process_index, process_count)
-    steps = steps_per_epoch(len(x), batch_size)
-    if steps == 0:
-        raise DataError(f"batch_size={batch_size} is larger than the {len(x)} training examples")
-    if not 0 <= start_step <= steps:
-        raise DataError(f"start_step={start_step} outside the epoch's {steps} steps")
-    order = np.random.default_rng([seed, epoch]).permutation(len(x))
-    for step in range(start_step, steps):
-        start = step * batch_size + process_index * local
-        idx = order[start : start + local]
-        yield x[idx], y[idx]
 
 
 def eval_batches(

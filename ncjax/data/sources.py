@@ -7,15 +7,19 @@ from ml_collections import config_dict
 
 from ncjax.data.dataset import DataError, Dataset
 from ncjax.data.gaussian_mixture import make_gaussian_mixture
+from ncjax.data.idx_source import load_idx
 from ncjax.data.mnist_5k import load_mnist_5k
 from ncjax.data.synthetic_sequences import make_synthetic_sequences
 from ncjax.data.tfds_source import load_tfds
 from ncjax.data.transforms import normalize_images, subset_per_class
 
 TFDS_PREFIX = "tfds:"
+IDX_PREFIX = "idx:"
 VALID_SOURCES = (
-    "'mnist_5k' (embedded, offline), 'gaussian_mixture', 'synthetic_sequences', or 'tfds:<name>' "
-    "(e.g. tfds:mnist, tfds:fashion_mnist, tfds:cifar10, tfds:cifar100, tfds:imdb_reviews)"
+    "'mnist_5k' (embedded, offline), 'gaussian_mixture', 'synthetic_sequences', 'tfds:<name>' "
+    "(e.g. tfds:mnist, tfds:fashion_mnist, tfds:cifar10, tfds:cifar100, tfds:imdb_reviews), or "
+    "'idx:<folder>' (MNIST-style IDX files, offline, e.g. idx:/usr/share/datasets/fashion-mnist "
+    "from Debian's dataset-fashion-mnist)"
 )
 
 
@@ -28,6 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
         "n_per_class": config_dict.placeholder(int),  # Training subset per class; None = all.
         "max_len": 256,  # Text: bytes per sequence.
         "normalize": True,  # Images: standardise channels with train statistics.
+        "placement": "auto",  # Training data: auto | device | host (see ncjax.data.feed.choose).
         "gaussian_mixture": {
             "num_classes": 10,
             "dim": 32,
@@ -70,6 +75,8 @@ def load(config: ml_collections.ConfigDict, seed: int = 0) -> Dataset:
         if config.max_len < 1:
             raise DataError(f"data.max_len must be positive, got {config.max_len}")
         ds = load_tfds(source[len(TFDS_PREFIX):], config.data_dir, config.download, config.max_len)
+    elif source.startswith(IDX_PREFIX) and len(source) > len(IDX_PREFIX):
+        ds = load_idx(source[len(IDX_PREFIX):])
     else:
         raise DataError(f"unknown data.source {source!r}; valid sources: {VALID_SOURCES}")
     if config.n_per_class is not None:

@@ -1,0 +1,147 @@
+"""The training loop against the bare compiled step: how much the trainer adds to the arithmetic.
+
+For each case, steps/s through the real trainer (``ncjax.sweep.GroupRun``: data on the device,
+blocks of steps, the logging and checkpoint cadence of the default configs, evaluation of
+every checkpoint, Orbax saves) beside the compiled step alone on a batch already on the
+device (``Program.step``), and their ratio. Compilation is excluded from both: the trainer's
+programs are compiled before the clock starts. Then the wall time of a whole depth panel
+(``configs/resnet_depth.py`` with the paper's depths and 5 seeds on all embedded training
+images) for a fixed number of epochs, and that time extrapolated to 5,000 epochs.
+
+    python benchmarks/train_loop.py                      # every case, then the panel
+    python benchmarks/train_loop.py --cases=latency --panel_epochs=0
+
+Goal (issue 10): ratio ≥ 0.9 in every case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from ncjax import cli, data, experiment, parallel, plan, sweep
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name: (config file, preset, overrides, steps through the trainer)
+CASES = {
+    "rn1_L34": ("resnet_depth.py", "rn1", dict(depth=34, seeds=5, width=64, batch=128), 1000),
+    "t11_L8": ("vit_depth.py", None, dict(depth=8, seeds=5, width=64, batch=128), 700),
+    "latency": ("resnet_depth.py", "rn1", dict(depth=2, seeds=1, width=32, batch=32), 5000),
+}
+
+
+def load_config(name: str, preset: str | None):
+    spec = importlib.util.spec_from_file_location(name, REPO / "configs" / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset) if preset else module.get_config()
+
+
+def case_config(name: str):
+    file, preset, size, steps = CASES[name]
+    c = load_config(file, preset)
+    c.depths, c.seeds = (size["depth"],), tuple(range(size["seeds"]))
+    c.model.width, c.train.batch_size = size["width"], size["batch"]
+    c.data.n_per_class = None  # all embedded training images
+    c.train.steps, c.progress = steps, False
+    return c
+
+
+def bare_steps_per_s(group_run: sweep.GroupRun, dataset: data.Dataset, repeats: int, steps: int) -> float:
+    """The compiled step alone, on one batch already on the device (median over repeats)."""
+    program = group_run.program
+    idx = np.arange(len(group_run.runs) * program.feed.batch_size).reshape(len(group_run.runs), -1)
+    x = jax.device_put(dataset.train_x[idx], program.batch_sharding(dataset.train_x.ndim + 1))
+    y = jax.device_put(dataset.train_y[idx], program.batch_sharding(2))
+    state, _ = program.step(program.init(), x, y)  # compiles
+    jax.block_until_ready(state)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, _ = program.step(state, x, y)
+        jax.block_until_ready(state)
+        rates.append(steps / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def trainer_steps_per_s(group_run: sweep.GroupRun) -> float:
+    """Steps/s of ``GroupRun.train`` on a fresh workdir, its programs compiled beforehand."""
+    import tensorboardX  # noqa: F401  once per process (seconds where torch is installed): not per step
+
+    program = group_run.program
+    first = group_run._next_boundary(0)
+    state, carry, logs = program.run_block(program.init(), program.carry(0), 0, first)  # compiles the block
+    jax.block_until_ready(logs)
+    group_run.evaluator(0, state.params, [{} for _ in group_run.runs])  # compiles the evaluation
+    start = time.perf_counter()
+    group_run.train(sweep.StopFlag())
+    group_run.checkpoints.wait()
+    return group_run.total_steps / (time.perf_counter() - start)
+
+
+def run_case(name: str, repeats: int, bare_steps: int) -> None:
+    """Trainer and bare step measured alternately, ``repeats`` times: the ratio is robust to a machine
+    whose load drifts (a fresh workdir and GroupRun each time; the compilation cache makes that cheap)."""
+    config = case_config(name)
+    experiment.validate(config)
+    dataset = data.load(config.data, seed=0)
+    config = sweep.resolve(config, dataset)
+    mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
+    feed = data.feed.choose(config.data.placement, dataset, config.train.batch_size, mesh)
+    loops, bares = [], []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as workdir:
+            group_run = sweep.GroupRun(config, plan.groups(config)[0], dataset, feed, mesh, Path(workdir))
+            try:
+                loops.append(trainer_steps_per_s(group_run))
+                bares.append(bare_steps_per_s(group_run, dataset, 1, bare_steps))
+            finally:
+                group_run.close()
+    ratio = statistics.median(np.divide(loops, bares))
+    print(f"{name:8s} depth {config.depths[0]:3d} seeds {len(config.seeds)} width {config.model.width} "
+          f"batch {config.train.batch_size}: trainer {statistics.median(loops):8.1f} steps/s  "
+          f"bare step {statistics.median(bares):8.1f} steps/s  ratio {ratio:.3f}", flush=True)
+
+
+def run_panel(epochs: int) -> None:
+    config = load_config("resnet_depth.py", "rn1")
+    config.depths, config.seeds = experiment.PAPER_DEPTHS, (0, 1, 2, 3, 4)
+    config.data.n_per_class, config.train.epochs, config.train.steps = None, epochs, None
+    config.progress = False
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        sweep.run(config, workdir)
+        wall = time.perf_counter() - start
+    steps = epochs * data.feed.steps_per_epoch(4000, config.train.batch_size) * len(config.depths)
+    print(f"panel    resnet_depth.py:rn1 depths {config.depths} 5 seeds, 4,000 images, {epochs} epochs: "
+          f"{wall:.1f} s wall ({steps / wall:.1f} group-steps/s, compilation included); "
+          f"5,000 epochs extrapolated: {wall * 5000 / epochs / 3600:.2f} h", flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bare_steps", type=int, default=200)
+    parser.add_argument("--panel_epochs", type=int, default=3, help="0 skips the panel")
+    args = parser.parse_args(argv)
+    cli.enable_compilation_cache()
+    print(f"# {jax.default_backend()} × {jax.device_count()}, jax {jax.__version__}", flush=True)
+    for name in filter(None, args.cases.split(",")):
+        run_case(name, args.repeats, args.bare_steps)
+    if args.panel_epochs:
+        run_panel(args.panel_epochs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""The config of a continual run: every field with its default, and the checks that reject bad values early.
+
+``configs/continual.py`` starts from :func:`base_config`; ``python -m ncjax.main``
+runs it (``config.kind == 'continual'``). The points of a run are ``continual.methods``
+× ``continual.scenarios``; every point trains all ``seeds`` together (vmapped members).
+"""
+
+from __future__ import annotations
+
+import math
+
+import ml_collections
+from ml_collections import config_dict
+
+from ncjax import data, models, train
+from ncjax.continual import methods
+from ncjax.continual.splits import SCENARIOS
+from ncjax.errors import ConfigError
+
+KIND = "continual"
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """The paper's optimisation (SGD, lr 0.03, batch 32, weights 1/18/170, buffer 200) on a small model."""
+    c = ml_collections.ConfigDict()
+    c.kind = KIND  # python -m ncjax.main dispatches on it
+    c.name = "continual"  # default workdir: runs/<name>
+    c.seeds = (0, 1, 2)
+    c.model = models.default_config()
+    c.model.name = "rn1"
+    c.model.depth = 2
+    c.model.norm = "final"  # one LayerNorm before the head: the features ProNC aligns
+    c.data = data.default_config()
+
+    k = c.continual = ml_collections.ConfigDict()
+    k.methods = ("pronc", "fixed_etf", "finetune")  # see ncjax.continual.methods.METHODS
+    k.scenarios = ("class_incremental", "task_incremental")
+    k.num_tasks = 5
+    k.classes_per_task = config_dict.placeholder(int)  # None: all classes of the order, num_tasks equal tasks
+    k.class_order = config_dict.placeholder(tuple)  # data-set class ids in arrival order; None = 0, 1, ...
+    k.order_seed = config_dict.placeholder(int)  # or a seeded permutation of the classes
+    k.ce_weight = 1.0  # the paper's --ce_weight
+    k.align_weight = 18.0  # --main_weight (Seq-CIFAR-100 command of the official README)
+    k.distill_weight = 170.0  # --distill_weight
+    k.buffer_size = 200  # samples kept by the *_replay methods (--buffer_size)
+    k.replay_seed = 0  # which samples the buffer keeps: shared by the seeds (they share one data feed)
+
+    t = c.train = ml_collections.ConfigDict()
+    t.optimizer = "sgd"  # sgd | adam | adamw
+    t.learning_rate = 0.03
+    t.momentum = 0.0  # sgd only (--optim_mom 0)
+    t.weight_decay = 0.0  # adamw only
+    t.schedule = "constant"  # constant | cosine | warmup_cosine, restarted on every task
+    t.warmup_steps = 0
+    t.batch_size = 32
+    t.epochs = 5  # per task
+    t.steps = config_dict.placeholder(int)  # per task; overrides epochs
+    t.l2 = 0.0  # λ in loss + λ‖θ‖² (--optim_wd 0)
+    t.l2_exclude = ()  # regexes of parameter paths without penalty
+
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, max_to_keep=config_dict.placeholder(int)))
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
+    c.eval_batch_size = 512
+    c.log_every_steps = 50
+    c.steps_per_call = 1000
+    c.progress = True
+    return c
+
+
+def _fail(message: str):
+    raise ConfigError(message)
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _distinct(name: str, values, allowed, example: str) -> None:
+    if not isinstance(values, (tuple, list)) or not values or len(set(values)) != len(values):
+        _fail(f"{name}={values!r}: give a tuple of distinct names, e.g. --config.{name}=\"{example}\"")
+    for value in values:
+        if value not in allowed:
+            _fail(f"{name}: unknown value {value!r}; choose from: {', '.join(allowed)} "
+                  f"(quote each name on the command line: --config.{name}=\"{example}\")")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError with a one-line fix for the first bad value (before any data is loaded)."""
+    seeds = tuple(c.seeds) if isinstance(c.seeds, (tuple, list)) else (c.seeds,)
+    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
+        _fail(f"seeds={c.seeds!r}: give distinct integers >= 0, e.g. --config.seeds='(0,1,2)'")
+    k = c.continual
+    _distinct("continual.methods", k.methods, tuple(methods.METHODS), "('pronc', 'finetune')")
+    _distinct("continual.scenarios", k.scenarios, SCENARIOS, "('class_incremental',)")
+    if not _positive_int(k.num_tasks) or k.num_tasks < 2:
+        _fail(f"continual.num_tasks={k.num_tasks!r} must be an integer >= 2")
+    if k.classes_per_task is not None and not _positive_int(k.classes_per_task):
+        _fail(f"continual.classes_per_task={k.classes_per_task!r} must be a positive integer (or unset)")
+    for field in ("ce_weight", "align_weight", "distill_weight"):
+        if not (isinstance(k[field], (int, float)) and math.isfinite(k[field]) and k[field] >= 0):
+            _fail(f"continual.{field}={k[field]!r} must be a finite number >= 0")
+    if not isinstance(k.buffer_size, int) or isinstance(k.buffer_size, bool) or k.buffer_size < 0:
+        _fail(f"continual.buffer_size={k.buffer_size!r} must be an integer >= 0")
+    replaying = [m for m in k.methods if methods.get(m).replay]
+    if replaying and k.buffer_size == 0:
+        _fail(f"continual.buffer_size=0 but {replaying[0]!r} replays a buffer: give a size > 0 or drop the method")
+    t = c.train
+    for field, allowed in (("optimizer", train.OPTIMIZERS), ("schedule", train.SCHEDULES)):
+        if t[field] not in allowed:
+            _fail(f"train.{field}={t[field]!r} is not supported; choose one of: {', '.join(allowed)}")
+    if not t.learning_rate > 0:
+        _fail(f"train.learning_rate={t.learning_rate!r} must be > 0")
+    if not t.l2 >= 0:
+        _fail(f"train.l2={t.l2!r}: the L2 coefficient λ must be >= 0")
+    for field in ("batch_size", "epochs"):
+        if not _positive_int(t[field]):
+            _fail(f"train.{field}={t[field]!r} must be a positive integer")
+    if t.steps is not None and not _positive_int(t.steps):
+        _fail(f"train.steps={t.steps!r} must be a positive integer (steps per task), or unset to use train.epochs")
+    if not _positive_int(c.checkpoint.every_steps):
+        _fail(f"checkpoint.every_steps={c.checkpoint.every_steps!r} must be a positive integer")
+    if c.checkpoint.max_to_keep is not None and not _positive_int(c.checkpoint.max_to_keep):
+        _fail(f"checkpoint.max_to_keep={c.checkpoint.max_to_keep!r} must be >= 1 (or unset to keep all)")
+    for field in ("eval_batch_size", "log_every_steps", "steps_per_call"):
+        if not _positive_int(c[field]):
+            _fail(f"{field}={c[field]!r} must be a positive integer")
+    try:
+        models.validate(c.model)
+    except ValueError as error:
+        _fail(str(error))

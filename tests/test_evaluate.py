@@ -1,0 +1,86 @@
+"""The evaluators against direct computations on the whole data at once: losses, accuracies, the collapse
+metrics of the final features and of every block (the float64 NumPy reference), the full-batch gradient
+norm; the training set resident on the device or streamed from the host gives the same lines."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nc_reference import reference_metrics
+from ncjax import data, evaluate, experiment, models, objective, parallel, train
+from ncjax.data import feed as feeds
+
+K, N, DEPTH = 4, 100, 2  # N is not a multiple of the evaluation batch: the padded tail is exercised
+
+
+@pytest.fixture(scope="module")
+def setup():
+    rng = np.random.default_rng(0)
+    means = rng.normal(size=(K, 6)) * 2
+    y = np.arange(N, dtype=np.int32) % K
+    x = (means[y] + rng.normal(size=(N, 6))).astype(np.float32)
+    dataset = data.Dataset(x, y, x[:40], y[:40], K, "vector", "mixture")
+    c = experiment.base_config()
+    c.model.update(name="rn1", depth=DEPTH, width=16, num_classes=K, input="vector")
+    c.train.update(batch_size=32, l2=0.01)
+    c.eval_batch_size = 24
+    c.evaluate.gradient_norm = True
+    mesh = parallel.make_mesh()
+    feed = feeds.choose("device", dataset, 32, mesh)
+    module = models.build(c.model)
+    hyper = train.Hyper.of([0, 1], [0.01, 0.02], [0.01, 0.01], [DEPTH, DEPTH])
+    program = train.Program(module, c.train, feed, mesh, 20, x[:1], hyper)
+    state, _, _ = program.run_block(program.init(), program.carry(0), 0, 20)  # non-trivial parameters
+    return c, dataset, mesh, module, hyper, program, feed, state
+
+
+def _lines(setup, resident):
+    c, dataset, mesh, module, hyper, program, feed, state = setup
+    evaluator = evaluate.build(module, dataset, c, mesh, hyper, packed=False,
+                               abstract_params=program.abstract_state.params,
+                               train_arrays=feed.arrays if resident else None)
+    try:
+        return evaluator(20, state.params, [dict(seed=0), dict(seed=1)])
+    finally:
+        evaluator.close()
+
+
+def test_lines_equal_direct_computations(setup):
+    c, dataset, mesh, module, hyper, program, feed, state = setup
+    lines = _lines(setup, resident=True)
+    for m, line in enumerate(lines):
+        params = jax.tree.map(lambda a: np.asarray(a[m]), jax.device_get(state.params))
+        logits, features, blocks = module.apply({"params": params}, dataset.train_x, return_blocks=True)
+        logits = np.asarray(logits, np.float64)
+        shifted = logits - logits.max(1, keepdims=True)
+        ce = -(shifted[np.arange(N), dataset.train_y] - np.log(np.exp(shifted).sum(1)))
+        assert line["train_loss"] == pytest.approx(ce.mean(), rel=1e-5)
+        assert line["train_accuracy"] == pytest.approx(np.mean(logits.argmax(1) == dataset.train_y))
+        weight, bias = models.classifier_weights(params)
+        want = reference_metrics(features, dataset.train_y, K, weight, bias)
+        for name, value in want.items():
+            assert line[name] == pytest.approx(value, rel=2e-4, abs=1e-6), name
+        per_block = [reference_metrics(b, dataset.train_y, K)["nc1"] for b in np.asarray(blocks)]
+        np.testing.assert_allclose(line["nc1_per_block"], per_block, rtol=2e-4)
+        penalty = float(objective.l2_penalty(params))
+        assert line["l2_penalty"] == pytest.approx(penalty, rel=1e-5)
+        assert line["objective"] == pytest.approx(ce.mean() + hyper.l2[m] * penalty, rel=1e-5)
+
+        def full_objective(p):
+            logits, _ = module.apply({"params": p}, dataset.train_x)
+            return objective.data_loss(logits, dataset.train_y) + hyper.l2[m] * objective.l2_penalty(p)
+
+        grads = jax.grad(full_objective)(params)
+        norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads)))
+        assert line["gradient_norm"] == pytest.approx(norm, rel=1e-4)
+        test_logits = np.asarray(module.apply({"params": params}, dataset.test_x)[0])
+        assert line["test_accuracy"] == pytest.approx(np.mean(test_logits.argmax(1) == dataset.test_y))
+
+
+def test_resident_and_streamed_splits_agree(setup):
+    resident, streamed = _lines(setup, resident=True), _lines(setup, resident=False)
+    for a, b in zip(resident, streamed):
+        assert set(a) == set(b)
+        for key, value in a.items():
+            np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
