@@ -1,4 +1,4 @@
-"""Train-step throughput and MFU of the real sharded train step (``ncjax.train.build_program``).
+"""Train-step throughput and MFU of the real sharded train step (``ncjax.train.Program.step``).
 
 For each depth: build the L-T11/L-T12 (or L-RN) program exactly as the sweep does (all seeds
 vmapped, jit over the full device mesh), compile it, time ``--steps`` steps after
@@ -26,11 +26,11 @@ import json
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import flops
-from ncjax import experiment, models, parallel, train
+from ncjax import data, experiment, models, parallel, train
+from ncjax.data import feed as feeds
 
 
 def model_config(args, depth: int, scan: bool):
@@ -60,7 +60,11 @@ def build(args, depth: int, scan: bool, mesh):
     m, t = model_config(args, depth, scan)
     module = models.build(m)
     x, y = sample(args)
-    program = train.build_program(module, t, depth, x[:1], args.seeds, 1000, mesh)
+    feed = feeds.DeviceFeed(data.Dataset(x, y, None, None, 10, "image" if x.ndim == 4 else "vector", "noise"),
+                            args.batch, mesh)
+    hyper = train.Hyper.of(range(args.seeds), [t.l2] * args.seeds, [t.learning_rate] * args.seeds,
+                           [depth] * args.seeds)
+    program = train.Program(module, t, feed, mesh, 1000, x[:1], hyper)
     xs = np.broadcast_to(x, (args.seeds, *x.shape)).copy()
     ys = np.broadcast_to(y, (args.seeds, *y.shape)).copy()
     xs = jax.device_put(xs, program.batch_sharding(xs.ndim))
@@ -77,15 +81,16 @@ def step_flops(args, depth: int, mesh) -> int:
 def measure(args, depth: int, mesh) -> dict:
     program, xs, ys = build(args, depth, args.scan, mesh)
     t0 = time.perf_counter()
-    compiled = program.step.lower(program.abstract_state, xs, ys).compile()
+    state = program.init()
+    state, aux = program.step(state, xs, ys)  # compiles
+    jax.block_until_ready(state)
     compile_s = time.perf_counter() - t0
-    state = program.init(jnp.arange(args.seeds, dtype=jnp.uint32))
     for _ in range(args.warmup):
-        state, aux = compiled(state, xs, ys)
+        state, aux = program.step(state, xs, ys)
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     for _ in range(args.steps):
-        state, aux = compiled(state, xs, ys)
+        state, aux = program.step(state, xs, ys)
     jax.block_until_ready((state, aux))
     seconds = (time.perf_counter() - t0) / args.steps
     flops = step_flops(args, depth, mesh)

@@ -15,6 +15,7 @@ parameters and ``diverged_at`` records the step; the others train on.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -30,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 from ncjax import models, objective, parallel
 from ncjax.data.feed import Feed
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 L2_SCHEDULES = ("constant", "inverse_depth")
 STEP_LOGS = ("loss", "data_loss", "l2_penalty", "accuracy", "grad_norm")
@@ -66,8 +67,11 @@ def l2_coefficient(train_config: ml_collections.ConfigDict, depth: int) -> float
     return train_config.l2
 
 
-def make_optimizer(c: ml_collections.ConfigDict, total_steps: int, learning_rate=None) -> optax.GradientTransformation:
-    """optax optimiser with the configured schedule; ``learning_rate`` (may be traced) overrides the config's."""
+def make_optimizer(c: ml_collections.ConfigDict, total_steps: int, learning_rate=None,
+                   l2=None) -> optax.GradientTransformation:
+    """optax optimiser with the configured schedule; ``learning_rate`` and ``l2`` (may be traced) override
+    the config's. With ``train.l2_form='decoupled'`` the optimiser decays the penalised parameters itself
+    (Adam: AdamW, θ ← θ − η(update + λθ); SGD: the decay added to the gradient)."""
     peak = c.learning_rate if learning_rate is None else learning_rate
     if c.schedule == "constant":
         lr = optax.constant_schedule(peak)
@@ -76,24 +80,38 @@ def make_optimizer(c: ml_collections.ConfigDict, total_steps: int, learning_rate
     else:
         lr = optax.warmup_cosine_decay_schedule(0.0, peak, min(c.warmup_steps, max(total_steps - 1, 0)),
                                                 max(total_steps, 1))
-    if c.optimizer == "sgd":
-        return optax.sgd(lr, momentum=c.momentum or None)
+    decay = c.l2 if l2 is None else l2
+    mask = functools.partial(objective.penalised, which=c.l2_params, exclude=tuple(c.l2_exclude))
+    decoupled = c.l2_form == "decoupled"
     if c.optimizer == "adam":
-        return optax.adam(lr)
-    return optax.adamw(lr, weight_decay=c.weight_decay)
+        return optax.adamw(lr, weight_decay=decay, mask=mask) if decoupled else optax.adam(lr)
+    sgd = optax.sgd(lr, momentum=c.momentum or None)
+    return optax.chain(optax.add_decayed_weights(decay, mask), sgd) if decoupled else sgd
+
+
+def penalty_factor(train_config: ml_collections.ConfigDict) -> float:
+    """The factor of λ‖θ‖² in the objective a run minimises (for decoupled decay: the ½ that SGD with
+    that decay minimises exactly); what the evaluators report and the UFM comparison uses."""
+    return 0.5 if train_config.l2_form == "decoupled" else objective.L2_FORMS[train_config.l2_form]
 
 
 def member_loss(module: nn.Module, c: ml_collections.ConfigDict, packed: bool) -> Callable:
-    """``(params, hyper, x, y, extras) → (data loss + λ‖θ‖², logs)``: the paper's objective for one member."""
+    """``(params, hyper, x, y, extras) → (data loss + c·λ‖θ‖², logs)``: the paper's objective for one member.
+
+    ``c`` is the L2 form's factor (``objective.L2_FORMS``: 1, ½, or 0 when the optimiser decays the
+    weights); ‖θ‖² runs over the penalised parameters (``train.l2_params``, ``train.l2_exclude``) of the
+    member's own blocks (a packed member's masked blocks belong to no run).
+    """
+    factor = objective.L2_FORMS[c.l2_form]
 
     def loss_fn(params, hyper: Hyper, x, y, extras):
         del extras  # the paper's objective needs nothing beyond the batch
         depth = dict(active_depth=hyper.depth) if packed else {}
         logits, _ = module.apply({"params": params}, x, train=True, **depth)
         data = objective.data_loss(logits, y, c.loss, c.mse_target_scale)
-        penalty = objective.l2_penalty(params, c.l2_exclude)
+        penalty = objective.l2_penalty(params, c.l2_exclude, which=c.l2_params, **depth)
         accuracy = jnp.mean(jnp.argmax(logits, -1) == y)
-        return data + hyper.l2 * penalty, dict(data_loss=data, l2_penalty=penalty, accuracy=accuracy)
+        return data + factor * hyper.l2 * penalty, dict(data_loss=data, l2_penalty=penalty, accuracy=accuracy)
 
     return loss_fn
 
@@ -124,8 +142,10 @@ class Program:
 
         def step_one(params, opt_state, diverged_at, hyper: Hyper, x, y, extras, step):
             (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, hyper, x, y, extras)
-            updates, new_opt_state = make_optimizer(c, total_steps, hyper.learning_rate).update(
+            updates, new_opt_state = make_optimizer(c, total_steps, hyper.learning_rate, hyper.l2).update(
                 grads, opt_state, params)
+            if packed:  # blocks beyond the member's depth never move, whatever the optimiser does to them
+                updates = jax.tree.map(jnp.multiply, updates, objective.depth_mask(params, hyper.depth))
             grad_norm = optax.tree_utils.tree_norm(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             ok = finite & (diverged_at == 0)

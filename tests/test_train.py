@@ -117,3 +117,61 @@ def test_mesh_shapes():
         parallel.mesh_shape(3, 1, 8)
     with pytest.raises(parallel.MeshError, match="at most one"):
         parallel.mesh_shape(-1, -1, 8)
+
+
+def test_a_packed_group_is_the_separate_runs():
+    """Depths 1 and 3 in one program (blocks beyond a member's depth masked) train exactly as apart."""
+    c = experiment.base_config()
+    c.model.update(name="rn1", width=16, depth=3)
+    c.train.batch_size = 32
+    ds = _dataset()
+    mesh = parallel.make_mesh()
+    feed = feeds.choose("device", ds, 32, mesh)
+
+    def program(depths, depth):
+        c.model.depth = depth
+        hyper = train.Hyper.of([0] * len(depths), [train.l2_coefficient(c.train, d) for d in depths],
+                               [0.005] * len(depths), depths)
+        return train.Program(models.build(c.model), c.train, feed, mesh, TOTAL, ds.train_x[:1], hyper,
+                             packed=len(set(depths)) > 1)
+
+    c.train.l2_schedule = "inverse_depth"  # λ(L) differs per member too
+    packed, packed_logs = _train(program([1, 3], 3), [TOTAL])
+    for member, depth in enumerate((1, 3)):
+        alone, alone_logs = _train(program([depth], depth), [TOTAL])
+        np.testing.assert_allclose(packed_logs["loss"][:, member], alone_logs["loss"][:, 0], rtol=2e-5)
+        for a, b in zip(jax.tree.leaves(alone.params), jax.tree.leaves(packed.params)):
+            np.testing.assert_allclose(b[member][:a.shape[1]] if a.shape[1:] != b.shape[1:] else b[member], a[0],
+                                       rtol=2e-4, atol=2e-6)
+    blocks = packed.params["blocks"]
+    initial = program([1, 3], 3).init().params["blocks"]
+    for leaf, start in zip(jax.tree.leaves(blocks), jax.tree.leaves(initial)):
+        np.testing.assert_array_equal(leaf[0, 1:], start[0, 1:])  # the depth-1 member's masked blocks never move
+
+
+@pytest.mark.parametrize("form, params", [("full", "all"), ("half", "weights"), ("decoupled", "weights")])
+def test_l2_conventions_in_the_step(form, params):
+    """One SGD step against the update written out: θ − η(∇loss + c·2λθ) for the penalty forms (c = 1, ½),
+    θ − η(∇loss + λθ) for decoupled decay, on the penalised parameters only."""
+    c = experiment.base_config()
+    c.model.update(name="rn1", width=8, depth=2)
+    c.train.update(batch_size=32, optimizer="sgd", momentum=0.0, schedule="constant", learning_rate=0.1,
+                   l2=0.05, l2_form=form, l2_params=params)
+    ds = _dataset()
+    mesh = parallel.make_mesh(devices=jax.devices()[:1])
+    module = models.build(c.model)
+    program = train.Program(module, c.train, feeds.choose("device", ds, 32, mesh), mesh, TOTAL, ds.train_x[:1],
+                            train.Hyper.of([0], [0.05], [0.1], [2]))
+    state = program.init()
+    start = jax.tree.map(lambda a: np.asarray(a[0], np.float64), jax.device_get(state.params))
+    x, y = ds.train_x[:32], ds.train_y[:32]
+    grads = jax.grad(lambda p: objective.data_loss(module.apply({"params": p}, x)[0], y))(
+        jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), start))
+    penalised = objective.penalised(start, params)
+    step = {"full": 2 * 0.05, "half": 0.05, "decoupled": 0.05}[form]
+    want = jax.tree.map(lambda p, g, keep: p - 0.1 * (np.asarray(g, np.float64) + (step * p if keep else 0.0)),
+                        start, grads, penalised)
+    state, _ = program.step(state, x[None], y[None])
+    got = jax.tree.map(lambda a: np.asarray(a[0]), jax.device_get(state.params))
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)

@@ -12,7 +12,7 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from ncjax import data, models, train
+from ncjax import data, models, objective, train
 from ncjax.continual import methods
 from ncjax.continual.splits import SCENARIOS
 from ncjax.errors import ConfigError
@@ -46,10 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
     k.replay_seed = 0  # which samples the buffer keeps: shared by the seeds (they share one data feed)
 
     t = c.train = ml_collections.ConfigDict()
-    t.optimizer = "sgd"  # sgd | adam | adamw
+    t.optimizer = "sgd"  # sgd | adam
     t.learning_rate = 0.03
     t.momentum = 0.0  # sgd only (--optim_mom 0)
-    t.weight_decay = 0.0  # adamw only
     t.schedule = "constant"  # constant | cosine | warmup_cosine, restarted on every task
     t.warmup_steps = 0
     t.batch_size = 32
@@ -57,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
     t.steps = config_dict.placeholder(int)  # per task; overrides epochs
     t.l2 = 0.0  # λ in loss + λ‖θ‖² (--optim_wd 0)
     t.l2_exclude = ()  # regexes of parameter paths without penalty
+    t.l2_form = "full"  # full | half | decoupled (see ncjax.experiment.base_config)
+    t.l2_params = "all"  # all | weights
 
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, max_to_keep=config_dict.placeholder(int)))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
@@ -105,7 +106,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if replaying and k.buffer_size == 0:
         _fail(f"continual.buffer_size=0 but {replaying[0]!r} replays a buffer: give a size > 0 or drop the method")
     t = c.train
-    for field, allowed in (("optimizer", train.OPTIMIZERS), ("schedule", train.SCHEDULES)):
+    for field, allowed in (("optimizer", train.OPTIMIZERS), ("schedule", train.SCHEDULES),
+                           ("l2_form", tuple(objective.L2_FORMS)), ("l2_params", objective.L2_PARAMS)):
         if t[field] not in allowed:
             _fail(f"train.{field}={t[field]!r} is not supported; choose one of: {', '.join(allowed)}")
     if not t.learning_rate > 0:

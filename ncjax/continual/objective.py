@@ -1,6 +1,6 @@
 """The per-member loss of one task, in the form ``ncjax.train.Program(loss=...)`` takes.
 
-``task_loss(module, weights, l2_exclude)`` returns ``(params, hyper, x, y, extras) →
+``task_loss(module, weights, l2_exclude, l2_form, l2_params)`` returns ``(params, hyper, x, y, extras) →
 (loss, logs)`` for one member; the Program vmaps it over the members (the seeds).
 ``extras`` is that member's slice of what the runner hands to ``run_block``:
 
@@ -12,7 +12,7 @@
   frozen parameters, the same tree as ``params``.
 
 The loss is :func:`ncjax.continual.losses.continual_loss` on the model's logits and
-features, plus ``hyper.l2 · ‖θ‖²`` (λ = ``train.l2``). Which terms exist is fixed when
+features, plus the L2 term of ``train.l2_form`` (``factor · hyper.l2 · ‖θ‖²``, λ = ``train.l2``). Which terms exist is fixed when
 the Program is built (the weights are numbers), so a task whose method has no
 teacher never runs the teacher's forward pass. The logged ``accuracy`` is the
 method's own prediction rule on the batch: cosine to the targets when they exist
@@ -32,8 +32,10 @@ from ncjax.continual.losses import LossWeights, continual_loss, etf_logits
 LOG_NAMES = ("ce", "align", "distill", "l2_penalty", "accuracy")
 
 
-def task_loss(module: nn.Module, weights: LossWeights, l2_exclude: Sequence[str] = ()) -> Callable:
+def task_loss(module: nn.Module, weights: LossWeights, l2_exclude: Sequence[str] = (), l2_form: str = "full",
+              l2_params: str = "all") -> Callable:
     """One member's loss on a batch of one task (see the module docstring for ``extras``)."""
+    factor = objective.L2_FORMS[l2_form]
 
     def loss_fn(params, hyper, x, y, extras):
         logits, features = module.apply({"params": params}, x, train=True)
@@ -43,11 +45,11 @@ def task_loss(module: nn.Module, weights: LossWeights, l2_exclude: Sequence[str]
             _, old_features = module.apply({"params": extras["teacher"]}, x, train=False)
         total, terms = continual_loss(weights, y, logits=logits, logit_mask=mask, features=features,
                                       vertices=extras.get("targets"), old_features=old_features)
-        penalty = objective.l2_penalty(params, l2_exclude)
+        penalty = objective.l2_penalty(params, l2_exclude, which=l2_params)
         scores = etf_logits(features, extras["targets"]) if "targets" in extras else logits
         accuracy = jnp.mean(jnp.argmax(jnp.where(mask, scores, -jnp.inf), -1) == y)
         zero = jnp.zeros((), jnp.float32)
         logs = {name: terms.get(name, zero) for name in ("ce", "align", "distill")}
-        return total + hyper.l2 * penalty, dict(logs, l2_penalty=penalty, accuracy=accuracy)
+        return total + factor * hyper.l2 * penalty, dict(logs, l2_penalty=penalty, accuracy=accuracy)
 
     return loss_fn

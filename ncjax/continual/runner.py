@@ -134,7 +134,8 @@ class PointRun:
         feed = feeds.DeviceFeed(dataset, self.config.train.batch_size, self.mesh)
         k = self.config.continual
         weights = self.method.weights(task, k.ce_weight, k.align_weight, k.distill_weight)
-        loss = objective.task_loss(self.module, weights, tuple(self.config.train.l2_exclude))
+        t = self.config.train
+        loss = objective.task_loss(self.module, weights, tuple(t.l2_exclude), t.l2_form, t.l2_params)
         return train.Program(self.module, self.config.train, feed, self.mesh, self.steps[task], self.sample,
                              self.hyper, loss=loss)
 

@@ -35,7 +35,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ncjax import collapse, data, models, objective, parallel, ufm
+from ncjax import collapse, data, models, objective, parallel, train, ufm
 
 
 @dataclasses.dataclass
@@ -220,15 +220,26 @@ class TrainSet(Evaluator):
         checkpoint.train_stats = stats
 
 
+def _penalty(model: Model, c: ml_collections.ConfigDict) -> Callable:
+    """``(params, depth) → ‖θ‖²`` of one member: its penalised parameters (``train.l2_params``,
+    ``train.l2_exclude``) in its own blocks, as its training loss counts them."""
+    def penalty(params, depth):
+        return objective.l2_penalty(params, c.l2_exclude, which=c.l2_params,
+                                    active_depth=depth if model.packed else None)
+    return penalty
+
+
 class Penalty(Evaluator):
-    """‖θ‖² (the penalised parameters) and the objective: mean training loss + λ‖θ‖²."""
+    """``l2_penalty`` = ‖θ‖² (the penalised parameters) and ``objective`` = mean training loss + c·λ‖θ‖²
+    (``c = train.penalty_factor``: 1 for λ‖θ‖², ½ for the half and the decoupled forms)."""
 
     def __init__(self, model: Model, train_config: ml_collections.ConfigDict, l2s: Sequence[float]):
-        self.l2s = [float(v) for v in l2s]
-        self._penalty = jax.jit(jax.vmap(lambda p: objective.l2_penalty(p, train_config.l2_exclude)))
+        self.model = model
+        self.l2s = [train.penalty_factor(train_config) * float(v) for v in l2s]
+        self._penalty = jax.jit(jax.vmap(_penalty(model, train_config)))
 
     def __call__(self, checkpoint: Checkpoint) -> None:
-        penalties = np.asarray(self._penalty(checkpoint.params), np.float64)
+        penalties = np.asarray(self._penalty(checkpoint.params, self.model.depth_array), np.float64)
         for line, penalty, l2 in zip(checkpoint.lines, penalties, self.l2s):
             line.update(l2_penalty=float(penalty), objective=line["train_loss"] + l2 * float(penalty))
 
@@ -243,11 +254,13 @@ class AgainstUFM(Evaluator):
     """
 
     def __init__(self, train_config: ml_collections.ConfigDict, l2s: Sequence[float], layernorm: bool):
-        self.c, self.l2s, self.layernorm = train_config, [float(v) for v in l2s], layernorm
+        self.c, self.layernorm = train_config, layernorm
+        self.l2s = [train.penalty_factor(train_config) * float(v) for v in l2s]  # the UFM's λ‖W‖² convention
 
     def __call__(self, checkpoint: Checkpoint) -> None:
         weight, bias = _classifiers(checkpoint.params)
-        spared = any(re.search(p, "head/classifier/bias") for p in self.c.l2_exclude)
+        spared = (self.c.l2_params == "weights"
+                  or any(re.search(p, "head/classifier/bias") for p in self.c.l2_exclude))
         for m, line in enumerate(checkpoint.lines):
             stats = jax.tree.map(lambda a: a[m], checkpoint.train_stats)
             b = None if bias is None else bias[m]
@@ -265,7 +278,7 @@ class AgainstUFM(Evaluator):
 
 
 class GradientNorm(Evaluator):
-    """``gradient_norm``: ‖∇θ (mean training loss + λ‖θ‖²)‖ over the whole training set.
+    """``gradient_norm``: ‖∇θ (mean training loss + c·λ‖θ‖²)‖ over the whole training set (c as in Penalty).
 
     The quantity the stationarity bounds of Wu & Mondelli (arXiv 2501.19104) are stated in: points
     of small loss and small full-batch gradient norm are approximately NC1-collapsed. One backward
@@ -286,13 +299,15 @@ class GradientNorm(Evaluator):
             batch = jax.vmap(jax.grad(summed_loss), in_axes=(0, 0, None, None))(params, depth, x, y)
             return jax.tree.map(jnp.add, grads, batch)
 
-        def norm(grads, params, l2):  # one member
-            penalty = jax.grad(lambda p: l2 * objective.l2_penalty(p, c.l2_exclude))(params)
-            return optax.tree_utils.tree_norm(jax.tree.map(lambda g, r: g / self.n + r, grads, penalty))
+        penalty = _penalty(model, c)
+
+        def norm(grads, params, depth, l2):  # one member
+            regulariser = jax.grad(lambda p: l2 * penalty(p, depth))(params)
+            return optax.tree_utils.tree_norm(jax.tree.map(lambda g, r: g / self.n + r, grads, regulariser))
 
         self._pass = Pass(body, split)
         self._norm = jax.jit(jax.vmap(norm))
-        self._l2 = jnp.asarray(np.asarray(l2s, np.float32))
+        self._l2 = jnp.asarray(np.asarray(l2s, np.float32) * train.penalty_factor(c))
 
     def _zeros(self, params):
         return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), params)
@@ -304,7 +319,8 @@ class GradientNorm(Evaluator):
 
     def __call__(self, checkpoint: Checkpoint) -> None:
         grads = self._pass(self._zeros(checkpoint.params), (checkpoint.params, self.model.depth_array))
-        for line, value in zip(checkpoint.lines, np.asarray(self._norm(grads, checkpoint.params, self._l2))):
+        norms = self._norm(grads, checkpoint.params, self.model.depth_array, self._l2)
+        for line, value in zip(checkpoint.lines, np.asarray(norms)):
             line["gradient_norm"] = float(value)
 
 
