@@ -423,3 +423,34 @@ def test_token_padding_changes_nothing(pooling):
     out_short, out_long = apply(variables, short), apply(variables, long)
     for a, b in zip(out_short, out_long):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+
+
+def test_mlp_against_numpy_and_packed_depths():
+    """The plain ReLU network: a float64 NumPy forward; depth-consistent layers; active_depth = the shallower net."""
+    c = models.default_config()
+    c.update(name="mlp", depth=3, width=8, num_classes=3, input="vector", head_depth=2)
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype(np.float32)
+    deep = models.build(c)
+    params = models.init(deep, jax.random.key(1), x)["params"]
+    h = np.asarray(x, np.float64)
+    outputs = []
+    for layer in range(3):
+        h = np.maximum(h @ np.asarray(params[f"hidden_{layer}"]["kernel"], np.float64)
+                       + np.asarray(params[f"hidden_{layer}"]["bias"], np.float64), 0)
+        outputs.append(h)
+    for i in range(2):
+        h = h @ np.asarray(params["head"][f"linear_head_{i}"]["kernel"]) + np.asarray(params["head"][f"linear_head_{i}"]["bias"])
+    logits_want = h @ np.asarray(params["head"]["classifier"]["kernel"]) + np.asarray(params["head"]["classifier"]["bias"])
+    logits, features, blocks = deep.apply({"params": params}, x, return_blocks=True)
+    np.testing.assert_allclose(logits, logits_want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(blocks, np.stack(outputs), rtol=1e-5, atol=1e-6)
+
+    c.depth = 1
+    shallow = models.build(c)
+    shallow_params = models.init(shallow, jax.random.key(1), x)["params"]
+    chex.assert_trees_all_equal(shallow_params["hidden_0"], params["hidden_0"])  # depth-consistent
+    chex.assert_trees_all_equal(shallow_params["head"], params["head"])
+    packed = deep.apply({"params": params}, x, active_depth=1)[0]
+    np.testing.assert_allclose(packed, shallow.apply({"params": {**shallow_params}}, x)[0], rtol=1e-5, atol=1e-6)
+    grads = jax.grad(lambda p: jnp.sum(deep.apply({"params": p}, x, active_depth=1)[0]))(params)
+    assert all(not np.any(np.asarray(g)) for g in jax.tree.leaves(grads["hidden_2"]))

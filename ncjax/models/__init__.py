@@ -1,4 +1,4 @@
-"""Depth-scalable L-RN1/L-RN2 ResNets and L-T11/L-T12 transformers (Flax Linen).
+"""Depth-scalable L-RN1/L-RN2 ResNets, L-T11/L-T12 transformers and plain ReLU MLPs (Flax Linen).
 
 Public API::
 
@@ -46,6 +46,7 @@ import ml_collections
 
 from ncjax.models.config import RESNETS, default_config, validate
 from ncjax.models.layers import Layers
+from ncjax.models.mlp import MLP
 from ncjax.models.resnet import ResNet
 from ncjax.models.stack import BLOCKS
 from ncjax.models.transformer import Transformer
@@ -54,7 +55,8 @@ __all__ = ["BLOCKS", "build", "classifier_weights", "default_config", "init", "l
 
 
 def build(c: ml_collections.ConfigDict) -> nn.Module:
-    """The Linen module that ``c`` describes (``c.name`` in rn1, rn2, t11, t12); raises ConfigError on bad values."""
+    """The Linen module that ``c`` describes (``c.name`` in rn1, rn2, t11, t12, mlp); raises ConfigError on bad
+    values."""
     validate(c)
     layers = Layers(use_bias=c.use_bias, init_scale=c.init_scale, dtype=jnp.dtype(c.dtype), precision=c.precision,
                     norm_affine=c.norm_affine)
@@ -62,6 +64,9 @@ def build(c: ml_collections.ConfigDict) -> nn.Module:
                   mlp_dim=c.mlp_dim, activation=c.activation, norm=c.norm, classifier_bias=c.classifier_bias,
                   head_depth=c.head_depth, layers=layers, scan=c.scan, unroll=c.unroll,
                   remat_policy=c.remat_policy, remat_group=c.remat_group)
+    if c.name == "mlp":
+        return MLP(depth=c.depth, width=c.width, num_classes=c.num_classes, activation=c.activation,
+                   classifier_bias=c.classifier_bias, head_depth=c.head_depth, layers=layers)
     if c.name in RESNETS:
         return ResNet(**common)
     return Transformer(**common, num_heads=c.num_heads, pooling=c.pooling, input=c.input,

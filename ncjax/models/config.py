@@ -12,11 +12,11 @@ from ml_collections import config_dict
 from ncjax.errors import ConfigError
 from ncjax.models.layers import ACTIVATIONS, PRECISIONS
 
-NAMES = ("rn1", "rn2", "t11", "t12")
+NAMES = ("rn1", "rn2", "t11", "t12", "mlp")
 RESNETS = ("rn1", "rn2")
-NORMS = {"rn": ("pre", "post", "final"), "t": ("pre", "post")}
+NORMS = {"rn": ("pre", "post", "final"), "t": ("pre", "post"), "mlp": ()}  # plain MLPs have no LayerNorm
 POOLINGS = ("cls", "mean")
-INPUTS = {"rn": ("image", "vector"), "t": ("image", "tokens")}
+INPUTS = {"rn": ("image", "vector"), "t": ("image", "tokens"), "mlp": ("image", "vector")}
 DTYPES = ("float32", "bfloat16", "float16")
 # The jax.checkpoint_policies entries that are policies themselves (the others are
 # factories that need arguments, which a config string cannot carry).
@@ -28,8 +28,8 @@ def default_config() -> ml_collections.ConfigDict:
     """Every model field, its default chosen by fidelity to the paper (width 64, L-RN1 with a
     parameter-free LayerNorm after every block: the most likely reading of science.md §2)."""
     c = ml_collections.ConfigDict()
-    c.name = "rn1"  # rn1 | rn2 (L-RN1/L-RN2) | t11 | t12 (L-T11/L-T12)
-    c.depth = 8  # number of residual / transformer blocks L
+    c.name = "rn1"  # rn1 | rn2 (L-RN1/L-RN2) | t11 | t12 (L-T11/L-T12) | mlp (plain ReLU network, mlp.py)
+    c.depth = 8  # number of residual / transformer blocks L (mlp: hidden layers)
     c.width = 64  # d
     c.num_classes = 10
     c.activation = "relu"
@@ -69,7 +69,7 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def family(name: str) -> str:
-    return "rn" if name in RESNETS else "t"
+    return "rn" if name in RESNETS else "mlp" if name == "mlp" else "t"
 
 
 def _choice(field: str, value, allowed) -> None:
@@ -91,7 +91,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if not isinstance(c.head_depth, int) or c.head_depth < 0:
         raise ConfigError(f"model.head_depth={c.head_depth!r} must be an integer >= 0")
     _choice("activation", c.activation, sorted(ACTIVATIONS))
-    _choice("norm", c.norm, NORMS[fam])
+    if NORMS[fam]:
+        _choice("norm", c.norm, NORMS[fam])
     _choice("input", c.input, INPUTS[fam])
     _choice("dtype", c.dtype, DTYPES)
     _choice("precision", c.precision, tuple(PRECISIONS))
