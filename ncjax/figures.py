@@ -70,9 +70,13 @@ def _panel_name(panel: dict[str, Any]) -> str:
 
 
 def _log_x_ticks(ax, values) -> None:
+    """Log x axis at the swept values (symmetric-log, linear below 1, when a value is 0)."""
     import matplotlib.ticker
 
-    ax.set_xscale("log")
+    if min(values) <= 0:
+        ax.set_xscale("symlog", linthresh=1.0)
+    else:
+        ax.set_xscale("log")
     ax.set_xticks(values, [f"{v:g}" for v in values])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
@@ -104,10 +108,12 @@ def against_axis(rows, slopes, axis: str, panel: dict[str, Any], families: dict[
             if fit is not None:
                 label += f": slope {_slope_text(fit)}"
             ax.plot(xs, mean, color=color, lw=2.2 if metric in PAPER else 1.2, marker="o", ms=3, label=label)
-            if fit is not None and math.isfinite(fit["mean"]) and ok:
-                lx, ly = np.log10([r[axis] for r in ok]), np.log10([r[metric] for r in ok])
-                grid = np.log10(xs)
-                ax.plot(xs, 10 ** (ly.mean() + fit["mean"] * (grid - lx.mean())), color=color, ls="--", lw=1)
+            fitted = [r for r in ok if r[axis] > 0]
+            if fit is not None and math.isfinite(fit["mean"]) and fitted:
+                lx, ly = np.log10([r[axis] for r in fitted]), np.log10([r[metric] for r in fitted])
+                grid = [x for x in xs if x > 0]
+                ax.plot(grid, 10 ** (ly.mean() + fit["mean"] * (np.log10(grid) - lx.mean())), color=color, ls="--",
+                        lw=1)
         ax.set_yscale("log")
         _log_x_ticks(ax, xs)
         ax.set_xlabel(axis)

@@ -9,7 +9,8 @@ in summary.csv with the reason, and are left out of every fit.
 **One slope estimator everywhere** (tables and figures): for each seed, the least-squares
 slope of log10(metric) on log10(axis value) over the runs of that seed that pass; then the
 mean and the standard deviation (ddof = 1) of those per-seed slopes. The axis is
-``summary.slope_axis`` (default ``depth``); the other swept axes split the fits into panels.
+``summary.slope_axis`` (default ``depth``; runs at an axis value ≤ 0, e.g. a linear head of
+depth 0, are drawn but not fitted); the other swept axes split the fits into panels.
 Beside every slope: how many runs it used and how many were left out (failed runs, or a
 metric that is NaN for a run, e.g. NC2 on centred means with two classes).
 """
@@ -73,7 +74,7 @@ def metric_names(rows: Iterable[dict[str, Any]]) -> list[str]:
 def log_log_slope(xs, values) -> tuple[float, int]:
     """Least-squares slope of log10(value) on log10(x) over the finite positive values, and how many."""
     xs, values = np.asarray(xs, float), np.asarray(values, float)
-    ok = np.isfinite(values) & (values > 0)
+    ok = np.isfinite(values) & (values > 0) & (xs > 0)
     if len(np.unique(xs[ok])) < 2:
         return math.nan, int(ok.sum())
     return float(np.polyfit(np.log10(xs[ok]), np.log10(values[ok]), 1)[0]), int(ok.sum())
@@ -86,7 +87,7 @@ def slopes(rows: list[dict[str, Any]], axis: str, others: list[str], metrics: li
         for metric in metrics:
             per_seed = []
             for seed in sorted({r["seed"] for r in members}):
-                mine = [r for r in members if r["seed"] == seed]
+                mine = [r for r in members if r["seed"] == seed and r[axis] > 0]  # log axes: x > 0 only
                 used = [r for r in mine if not r["failed"]]
                 slope, n = log_log_slope([r[axis] for r in used], [r.get(metric, math.nan) for r in used])
                 per_seed.append(dict(panel, metric=metric, seed=seed, slope=slope, runs_used=n,

@@ -380,6 +380,11 @@ def _fold_features(stats: collapse.ClassStats, features: jax.Array, labels: jax.
     return collapse._vmapped_over_leading(collapse._update_one, stats, features, labels)
 
 
+def _features_are_layernorm_outputs(model: ml_collections.ConfigDict) -> bool:
+    """Whether the classifier sees a LayerNorm's output (UFM: zero mean, fixed norm) or not (a sphere)."""
+    return model.name != "mlp" and model.head_depth == 0
+
+
 def build(module: nn.Module, dataset: data.Dataset, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
           hyper, packed: bool, abstract_params: Any, train_arrays=None) -> GroupEvaluator:
     """The evaluators of a group: train set, penalty, UFM, and test set when there is one.
@@ -393,7 +398,7 @@ def build(module: nn.Module, dataset: data.Dataset, config: ml_collections.Confi
     l2s = np.asarray(hyper.l2)
     evaluators = [TrainSet(model, train_split, config.train, dataset.num_classes),
                   Penalty(model, config.train, l2s),
-                  AgainstUFM(config.train, l2s, layernorm=config.model.head_depth == 0)]
+                  AgainstUFM(config.train, l2s, layernorm=_features_are_layernorm_outputs(config.model))]
     if config.evaluate.gradient_norm:
         evaluators.append(GradientNorm(model, train_split, config.train, l2s))
     if dataset.test_x is not None:

@@ -1,0 +1,49 @@
+"""Networks that end in linear layers: collapse and balancedness against the depth m of the head.
+
+Jacot, Súkeník, Wang & Mondelli (arXiv 2410.04887) prove that networks trained with weight
+decay whose last layers are linear collapse: NC1 follows from a small training error and the
+**balancedness** of the linear layers (``W_{l+1}ᵀW_{l+1} ≈ W_l W_lᵀ``), and NC2 strengthens
+as the linear head gets deeper. Their experiments: MSE, MLPs and ResNets with an MLP head.
+
+The sweep: MLP (default) or L-RN1 (``:resnet``) features followed by m ∈ {0, 1, 2, 4, 8}
+linear layers of the same width (``model.head_depth``) and the classifier, trained with MSE
+and CE, for two weight decays (λ trains vmapped with the seeds). Every checkpoint records
+the collapse metrics and the ``balancedness`` of every consecutive pair of linear layers
+(``balancedness_per_layer``; ``balancedness`` is their mean). ``nc_vs_head_depth-*.png``
+plots collapse against m (m = 0 is drawn, not fitted: the axis is logarithmic).
+
+    python -m ncjax.main --config=configs/linear_head.py
+    python -m ncjax.main --config=configs/linear_head.py:resnet,quick
+"""
+
+from ncjax import experiment
+
+PRESETS = {"features": ("mlp", "resnet"), "size": ("default", "quick")}
+
+
+def get_config(arg=None):
+    p = experiment.parse_presets(arg, PRESETS)
+    c = experiment.base_config()
+    c.name = "linear_head_" + p["features"] + ("_quick" if p["size"] == "quick" else "")
+    if p["features"] == "mlp":
+        c.model.name, c.depths = "mlp", (3,)
+    else:
+        c.model.name, c.depths = "rn1", (4,)
+    c.train.update(learning_rate=0.002, batch_size=128, schedule="cosine")
+    c.summary.slope_axis = "model.head_depth"
+    if p["size"] == "quick":
+        c.seeds = (0,)
+        c.model.width = 32
+        c.data.n_per_class = 20
+        c.sweep = (("model.head_depth", (0, 2)), ("train.loss", ("mse",)), ("train.l2", (1e-3,)))
+        c.train.update(steps=40, batch_size=64)
+        c.checkpoint.every_steps = 40
+        c.log_every_steps = 20
+    else:
+        c.seeds = (0, 1)
+        c.data.n_per_class = 100
+        c.sweep = (("model.head_depth", (0, 1, 2, 4, 8)), ("train.loss", ("mse", "ce")),
+                   ("train.l2", (1e-3, 1e-4)))
+        c.train.epochs = 200
+        c.checkpoint.every_steps = 400
+    return c

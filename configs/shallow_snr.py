@@ -1,0 +1,58 @@
+"""Shallow ReLU networks on Gaussian mixtures: when is the regularised optimum collapsed? (science.md §3)
+
+Hong & Ling (arXiv 2409.01832) study 2- and 3-layer ReLU networks trained with weight decay
+on general data: whether the optimum is neurally collapsed depends on the data's dimension,
+its sample size and its signal-to-noise ratio, and collapse and generalisation can disagree
+when the SNR is low (the training features collapse while the test accuracy stays poor).
+
+The sweep: a 2-layer (``depths=(1,)``: one hidden layer) and a 3-layer (``2``) ReLU network
+(``model.name='mlp'``) on K-class Gaussian mixtures (``data.source='gaussian_mixture'``:
+class means on the sphere of radius SNR·√d, unit Gaussian noise, so SNR = ‖μ‖ / RMS‖noise‖),
+over the SNR, the training samples per class, the input dimension and the width. Every run
+records the collapse metrics of its hidden features and its test accuracy (fresh samples
+of the same mixture): ``summary.csv`` has one row per run; ``slopes.csv`` and
+``nc_vs_snr-*.png`` show collapse against the SNR for every (depth, n, d, width). The
+regime to look for: low SNR, where the training accuracy reaches 1 and NC1 is small while
+the test accuracy is near chance.
+
+    python -m ncjax.main --config=configs/shallow_snr.py            # 16 points × 2 seeds, minutes on a CPU
+    python -m ncjax.main --config=configs/shallow_snr.py:quick      # seconds (the tests)
+
+CE with λ‖θ‖², Adam, full-batch-sized minibatches: ncjax's choices for this study (the
+paper's theory concerns global optima, not an optimiser).
+"""
+
+from ncjax import experiment
+
+PRESETS = {"size": ("default", "quick")}
+
+
+def get_config(arg=None):
+    p = experiment.parse_presets(arg, PRESETS)
+    c = experiment.base_config()
+    c.name = "shallow_snr" + ("_quick" if p["size"] == "quick" else "")
+    c.model.name = "mlp"
+    c.data.source = "gaussian_mixture"
+    gm = c.data.gaussian_mixture
+    gm.num_classes, gm.n_per_class_test = 4, 250
+    c.train.update(learning_rate=0.003, l2=5e-4, batch_size=40, schedule="cosine")
+    c.summary.slope_axis = "data.gaussian_mixture.snr"
+    c.summary.min_train_accuracy = 0.0  # the point is what happens when the training set cannot be separated
+    if p["size"] == "quick":
+        c.depths, c.seeds = (1,), (0, 1)
+        c.model.width = 32
+        c.sweep = (("data.gaussian_mixture.snr", (0.3, 3.0)),)
+        gm.dim, gm.n_per_class_train = 8, 20
+        c.train.steps = 60
+        c.checkpoint.every_steps = 60
+        c.log_every_steps = 20
+    else:
+        c.depths, c.seeds = (1, 2), (0, 1)
+        c.sweep = (("data.gaussian_mixture.snr", (0.1, 0.3, 1.0, 3.0)),
+                   ("data.gaussian_mixture.n_per_class_train", (10, 100)),
+                   ("data.gaussian_mixture.dim", (8, 64)),
+                   ("model.width", (256,)))
+        c.train.epochs = 400
+        c.checkpoint.every_steps = 2000
+        c.log_every_steps = 100
+    return c
