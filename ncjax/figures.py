@@ -24,6 +24,7 @@ from etils.epath import Path
 from ncjax import plan, records
 
 PAPER = ("nc1_quotient", "nc2_etf_w", "nc3_cos")
+ACCURACIES = ("train_accuracy", "test_accuracy")  # a last panel: collapse and generalisation side by side
 
 
 def _pyplot():
@@ -90,20 +91,25 @@ def against_axis(rows, slopes, axis: str, panel: dict[str, Any], families: dict[
     shown = {name: [m for m in metrics if any(isinstance(r.get(m), float) for r in mine)][:4]
              for name, metrics in families.items()}
     shown = {name: metrics for name, metrics in shown.items() if metrics}
-    rows_, cols = (1, len(shown)) if len(shown) < 3 else (2, 2)
+    accuracies = [m for m in ACCURACIES if any(isinstance(r.get(m), float) for r in mine)]
+    if accuracies:
+        shown["Accuracy"] = accuracies
+    rows_, cols = (1, len(shown)) if len(shown) < 3 else (2, 2) if len(shown) == 4 else (2, 3)
     fig, axes = plt.subplots(rows_, cols, figsize=(5.4 * cols, 5.2 * rows_), dpi=100, squeeze=False)
     for ax in axes.flat[len(shown):]:
         ax.set_visible(False)
     seeds = sorted({r["seed"] for r in mine})
     for ax, (family, metrics) in zip(axes.flat, shown.items()):
+        linear = family == "Accuracy"  # in [0, 1], drawn as it is, not fitted
         for index, metric in enumerate(metrics):
             color = f"C{index}"
-            ok = [r for r in mine if not r["failed"] and _finite_positive(r.get(metric))]
-            bad = [r for r in mine if r["failed"] and _finite_positive(r.get(metric))]
+            shown_value = (lambda v: isinstance(v, float) and math.isfinite(v)) if linear else _finite_positive
+            ok = [r for r in mine if not r["failed"] and shown_value(r.get(metric))]
+            bad = [r for r in mine if r["failed"] and shown_value(r.get(metric))]
             ax.scatter([r[axis] for r in ok], [r[metric] for r in ok], s=10, color=color, alpha=0.45)
             ax.scatter([r[axis] for r in bad], [r[metric] for r in bad], s=24, marker="x", color=color, alpha=0.5)
             mean = [np.mean([r[metric] for r in ok if r[axis] == x] or [np.nan]) for x in xs]
-            fit = _slope_row(slopes, panel, metric)
+            fit = None if linear else _slope_row(slopes, panel, metric)
             label = _label(metric)
             if fit is not None:
                 label += f": slope {_slope_text(fit)}"
@@ -114,7 +120,8 @@ def against_axis(rows, slopes, axis: str, panel: dict[str, Any], families: dict[
                 grid = [x for x in xs if x > 0]
                 ax.plot(grid, 10 ** (ly.mean() + fit["mean"] * (np.log10(grid) - lx.mean())), color=color, ls="--",
                         lw=1)
-        ax.set_yscale("log")
+        if not linear:
+            ax.set_yscale("log")
         _log_x_ticks(ax, xs)
         ax.set_xlabel(axis)
         ax.set_title(family)
