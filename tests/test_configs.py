@@ -1,0 +1,48 @@
+"""The configs of the neighbouring papers run end to end (quick presets) and record what their papers need."""
+
+import csv
+import importlib
+import json
+
+import pytest
+
+from ncjax import records, sweep
+
+
+def _run(name, tmp_path):
+    config = importlib.import_module(f"ncjax.configs.{name}").get_config("quick")
+    config.progress = False
+    workdir = tmp_path / name
+    sweep.run(config, workdir)
+    return workdir, list(csv.DictReader((workdir / "summary.csv").open()))
+
+
+def test_shallow_snr_records_collapse_and_test_accuracy_per_point(tmp_path):
+    workdir, rows = _run("shallow_snr", tmp_path)
+    assert [(r["depth"], float(r["data.gaussian_mixture.snr"]), r["seed"]) for r in rows] == [
+        ("1", 0.3, "0"), ("1", 0.3, "1"), ("1", 3.0, "0"), ("1", 3.0, "1")]
+    assert all(0 <= float(r["test_accuracy"]) <= 1 and float(r["nc1_quotient"]) > 0 for r in rows)
+    high, low = [[float(r["nc1_quotient"]) for r in rows if float(r["data.gaussian_mixture.snr"]) == s]
+                 for s in (3.0, 0.3)]
+    assert max(high) < min(low)  # separable data collapse more
+    slopes = list(csv.DictReader((workdir / "slopes.csv").open()))
+    assert {s["metric"] for s in slopes} >= {"nc1_quotient", "nc2_etf_w"}
+    assert (workdir / "nc_vs_snr-depth_001.png").exists()
+
+
+def test_linear_head_sweeps_the_head_depth(tmp_path):
+    workdir, rows = _run("linear_head", tmp_path)
+    assert sorted(int(r["model.head_depth"]) for r in rows) == [0, 2]
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["summary"]["slope_axis"] == "model.head_depth"
+    line = records.read_metrics(workdir / "depth_003-head_depth_2-loss_mse-l2_0.001" / "seed_0")[-1]
+    assert line["model.head_depth"] == 2 and line["train.loss"] == "mse"
+
+
+def test_training_dynamics_records_loss_and_gradient_norm_often(tmp_path):
+    workdir, _ = _run("training_dynamics", tmp_path)
+    lines = records.read_metrics(workdir / "depth_002" / "seed_0")
+    assert [line["step"] for line in lines] == [25, 50, 75, 100]
+    assert all(line["gradient_norm"] > 0 and line["train_loss"] > 0 for line in lines)
+    assert lines[-1]["train_loss"] < lines[0]["train_loss"]
+    assert (workdir / "collapse_vs_loss.png").exists()
