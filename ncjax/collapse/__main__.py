@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--weight", help=".npy classifier weight [K, D] (rows are classes)")
     parser.add_argument("--bias", help=".npy classifier bias [K]")
     parser.add_argument("--ood-features", help=".npy out-of-distribution features [M, D] (for nc5)")
-    parser.add_argument("--num-classes", type=int, help="K (default: the weight's rows, else max(label) + 1)")
+    parser.add_argument("--num-classes", type=int, help="K (default: max(label) + 1)")
     parser.add_argument("--covariance", action="store_true",
                         help="also accumulate the D×D covariance (N·D² work) for effective_rank_features")
     parser.add_argument("--chunk", type=int, default=4096, help="rows read at a time (default 4096)")
@@ -64,8 +64,12 @@ def run(argv: list[str]) -> dict:
                                f"got shape {list(features.shape)}")
     if labels.size == 0:
         raise errors.DataError("labels are empty: there is nothing to measure")
-    num_classes = args.num_classes or (arrays.weight.shape[0] if arrays.weight is not None and arrays.weight.ndim == 2
-                                       else int(labels.max()) + 1)
+    num_classes = args.num_classes or int(labels.max()) + 1
+    if arrays.weight is not None and arrays.weight.shape != (num_classes, features.shape[-1]):
+        raise errors.DataError(
+            f"weight must be [num_classes, dim] = [{num_classes}, {features.shape[-1]}] (rows are classes; transpose "
+            f"a Flax Dense kernel; pass --num-classes if the last classes have no samples); "
+            f"got shape {list(arrays.weight.shape)}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         values = measure(features, labels, num_classes, arrays.weight, arrays.bias, chunk=args.chunk,

@@ -73,6 +73,10 @@ def read_array(path: str | Path) -> np.ndarray | dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise errors.DataError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != np.lib.format.MAGIC_PREFIX and not zipfile.is_zipfile(path):
+        raise errors.DataError(f"{path} is neither an .npy nor an .npz file (save arrays with np.save or np.savez)")
     try:
         return _read_npz(path) if zipfile.is_zipfile(path) else _read_npy(path)
     except errors.DataError:

@@ -26,6 +26,7 @@ from ncjax.collapse.second_pass import SecondPassStats, accumulate_second, empty
 from ncjax.collapse.statistics import ClassStats, accumulate, empty_stats, prefer_scatter
 
 PIECE_FLOATS = 1 << 24  # a piece's [*lead, rows, max(D, K)] float32 temporaries: about 64 MB
+IN_FLIGHT = 2  # pieces dispatched before waiting: the host prepares the next while the device computes
 
 _pass1 = jax.jit(accumulate)
 _pass1_donating = jax.jit(accumulate, donate_argnums=0)
@@ -166,10 +167,26 @@ def _first_pass(stats: ClassStats, batches: Iterable) -> ClassStats:
     num_classes, dim = stats.mean.shape[-2:]
     lead = tuple(stats.count.shape[:-1])
     rows = piece_rows(int(np.prod(lead, dtype=int)), dim, num_classes)
-    for h, y in _pieces(_checked(batches, num_classes, dim, lead), rows):
-        jax.block_until_ready(stats)  # at most one piece in flight: memory does not grow with N
+    for index, (h, y) in enumerate(_pieces(_checked(batches, num_classes, dim, lead), rows)):
+        if index % IN_FLIGHT == 0:
+            jax.block_until_ready(stats)  # a bounded number of pieces in flight: memory does not grow with N
         stats = _pass1_donating(stats, h, y)
     return stats
+
+
+def _ood_stats(batches: Iterable, dim: int, lead: tuple[int, ...]) -> ClassStats:
+    """One-class statistics of out-of-distribution features: only their mean matters (``nc5``),
+    summed on the host in float64 (no compilation for a sum)."""
+    total, count = np.zeros(lead + (dim,)), 0
+    for h in batches:
+        _check(lambda: chex.assert_shape(h, lead + (None, dim)),
+               f"ood features must be [*{list(lead)}, M, {dim}]; got shape {list(np.shape(h))}")
+        total += np.sum(np.asarray(h, np.float64), axis=-2)
+        count += np.shape(h)[-2]
+    if count == 0:
+        raise errors.DataError("the out-of-distribution stream is empty: nc5 needs features")
+    return ClassStats(count=np.full(lead + (1,), count), mean=(total / count)[..., None, :], scatter=None,
+                      sq_dev=np.zeros(lead + (1,)), out_of_range=np.zeros(lead, np.int32))
 
 
 def nc4_counts(features, labels, stats: ClassStats, weight, bias=None) -> jax.Array:
@@ -262,10 +279,7 @@ def measure_batches(make_batches: Callable[[], Iterable[tuple]], num_classes: in
     stats = _first_pass(empty_stats(num_classes, dim, lead, scatter=scatter), itertools.chain([first], iterator))
     if int(np.sum(stats.count)) == 0:
         raise errors.DataError("measure_batches: every label was padding; there is nothing to measure")
-    ood = None
-    if make_ood_batches is not None:
-        labelled = ((h, np.zeros(np.shape(h)[-2], np.int32)) for h in make_ood_batches())
-        ood = _first_pass(empty_stats(1, dim, lead, scatter=False), labelled)
+    ood = None if make_ood_batches is None else _ood_stats(make_ood_batches(), dim, lead)
     layered = bool(lead)
     second = empty_second(stats, classifier=weight is not None and not layered)
     final = None
@@ -281,8 +295,9 @@ def measure_batches(make_batches: Callable[[], Iterable[tuple]], num_classes: in
             last = lambda tree: jax.tree.map(lambda x: x[(-1,) * len(lead)], tree)  # noqa: E731
             final = (last(stats), empty_second(last(stats), classifier=True))
     rows = piece_rows(int(np.prod(lead, dtype=int)), dim, num_classes)
-    for h, y in _pieces(make_batches(), rows):
-        jax.block_until_ready(second)
+    for index, (h, y) in enumerate(_pieces(make_batches(), rows)):
+        if index % IN_FLIGHT == 0:
+            jax.block_until_ready(second)
         if layered:
             second = _pass2_donating(second, stats, h, y)
             if final is not None:
