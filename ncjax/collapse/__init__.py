@@ -21,6 +21,8 @@ fixed-shape batches and ``jax.vmap`` over members, or pass leading axes)::
 members × blocks), ``labels`` ``[B]`` int32 shared by every leading slice; a
 negative label marks padding, a label ≥ K is counted and refused by
 :func:`metrics`. ``W`` ``[K, D]`` or ``[*leading, K, D]`` (rows are classes).
+Out-of-distribution features for ``nc5`` are one-class statistics:
+``accumulate(empty_stats(1, D, leading, scatter=False), ood, where(valid, 0, -1))``.
 
 **Routes.** ``nc1 = tr(Σ_W Σ_B^†)/K`` needs the within-class scatter seen
 through the class means. Pass 1 either keeps the D×D scatter (N·D² work, D²

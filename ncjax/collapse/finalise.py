@@ -15,11 +15,13 @@ holding exactly the metrics its inputs determine (see the table in
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ncjax import errors
 from ncjax.collapse import pairwise, spectral
@@ -52,10 +54,25 @@ def _etf_distance(sq_fro: np.ndarray, trace: np.ndarray, total_sum: np.ndarray, 
     return np.sqrt(np.maximum(2.0 - 2.0 * inner, 0.0))
 
 
-def _frame_terms(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``‖G‖_F²``, ``tr G``, ``1ᵀG1`` of ``G = rows rowsᵀ`` [S, K, D] without forming a K×K matrix when K > D."""
-    gram = spectral.gram_of_smaller(rows)
+def _frame_terms(rows: np.ndarray, gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``‖G‖_F²``, ``tr G``, ``1ᵀG1`` of ``G = rows rowsᵀ`` [S, K, D] without forming a K×K matrix when K > D.
+
+    ``gram`` may pass the smaller Gram matrix (``rows rowsᵀ`` or ``rowsᵀ rows``) when already at hand.
+    """
+    gram = spectral.gram_of_smaller(rows) if gram is None else gram
     return np.sum(gram**2, (-2, -1)), np.sum(rows**2, (-2, -1)), np.sum(np.sum(rows, -2) ** 2, -1)
+
+
+def _uncentred_gram(spectrum: spectral.BetweenSpectrum, centred: np.ndarray, global_mean: np.ndarray) -> np.ndarray:
+    """The smaller Gram matrix of the uncentred means ``M = M̃ + 1μ_Gᵀ``, from that of M̃ by rank-two updates."""
+    k = centred.shape[-2]
+    if spectrum.classes_side:  # MMᵀ = M̃M̃ᵀ + a1ᵀ + 1aᵀ + ‖μ_G‖²11ᵀ, a = M̃μ_G
+        a = (centred @ global_mean[..., None])[..., 0]
+        return (spectrum.gram + a[..., :, None] + a[..., None, :]
+                + np.sum(global_mean**2, -1)[..., None, None])
+    s = centred.sum(-2)  # MᵀM = M̃ᵀM̃ + sμ_Gᵀ + μ_Gsᵀ + Kμ_Gμ_Gᵀ, s = M̃ᵀ1
+    outer = s[..., :, None] * global_mean[..., None, :]
+    return spectrum.gram + outer + np.swapaxes(outer, -1, -2) + k * global_mean[..., :, None] * global_mean[..., None, :]
 
 
 def _flat(x, lead: tuple[int, ...], tail: int) -> np.ndarray:
@@ -124,13 +141,19 @@ def metrics(stats: ClassStats, weight=None, bias=None, *, second: SecondPassStat
     num_classes, dim = stats.mean.shape[-2:]
     lead = tuple(stats.count.shape[:-1])
     k = present.size
-    count = _flat(stats.count, lead, 1)[:, present]
-    means = _flat(stats.mean, lead, 2)[:, present]
+    all_count = _flat(stats.count, lead, 1)
+    count = all_count[:, present]
     sq_dev = _flat(stats.sq_dev, lead, 1)[:, present]
-    total = _flat(stats.count, lead, 1).sum(-1)
-    all_means = _flat(stats.mean, lead, 2)
-    global_mean = np.einsum("sk,skd->sd", _flat(stats.count, lead, 1), all_means) / total[:, None]
-    centred = means - global_mean[:, None, :]  # M̃: [S, K, D]
+    total = all_count.sum(-1)
+    # One float64 copy of the means, centred in place: [S, K, D] is the largest array here.
+    centred = _flat(stats.mean, lead, 2)
+    if isinstance(stats.mean, np.ndarray) and np.shares_memory(centred, stats.mean):
+        centred = centred.copy()  # the caller's float64 array: never modify it
+    global_mean = (all_count[:, None, :] @ centred)[:, 0] / total[:, None]
+    if k < num_classes:
+        centred = centred[:, present]
+    means_energy = np.sum(centred**2, (-2, -1))  # Σ_c ‖μ_c‖² (uncentred): tr MMᵀ
+    centred -= global_mean[:, None, :]  # M̃
     scatter = None if stats.scatter is None else _flat(stats.scatter, lead, 2)
     within = None if scatter is None else 0.5 * (scatter + np.swapaxes(scatter, -1, -2)) / total[:, None, None]
     if second is not None:
@@ -141,9 +164,12 @@ def metrics(stats: ClassStats, weight=None, bias=None, *, second: SecondPassStat
                 "both passes must stream the same data")
 
     out: dict[str, np.ndarray] = {}
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # Many small problems (members × blocks): threaded BLAS only thrashes on them (37 s → 1.4 s for 1,280
+    # eigen-problems of 100×100 on 2 busy cores); one large problem (vocabulary-sized K) keeps its threads.
+    single_threaded = threadpool_limits(1, "blas") if len(total) > 1 else contextlib.nullcontext()
+    with np.errstate(divide="ignore", invalid="ignore"), single_threaded:
         classes_side = k <= dim or scatter is None
-        spectrum = spectral.between_spectrum(centred, means, classes_side)
+        spectrum = spectral.between_spectrum(centred, means_energy, classes_side)
         if classes_side and second is not None and second.projected is not None:
             projected = _flat(second.projected, lead, 2)[:, present][:, :, present] / total[:, None, None]
             out["nc1"] = spectral.nc1(spectrum, projected)
@@ -154,16 +180,17 @@ def metrics(stats: ClassStats, weight=None, bias=None, *, second: SecondPassStat
 
         trace_between = np.sum(centred**2, (-2, -1)) / k
         out["nc1_quotient"] = (sq_dev.sum(-1) / total) / trace_between
-        out.update(pairwise.pair_sums(centred, sq_dev / count))
+        out.update(pairwise.pair_sums(centred, sq_dev / count, spectrum.gram if classes_side else None))
         norms = np.linalg.norm(centred, axis=-1)
         out["nc2_equinorm"] = norms.std(-1) / norms.mean(-1)
-        out["nc2_etf"] = _etf_distance(*_frame_terms(centred), k)
-        sq_fro, trace, _ = _frame_terms(means)
-        out["nc2_ortho"] = np.sqrt(np.maximum(2.0 - 2.0 * trace / (math.sqrt(k) * np.sqrt(sq_fro)), 0.0))
+        out["nc2_etf"] = _etf_distance(*_frame_terms(centred, spectrum.gram), k)
+        uncentred = _uncentred_gram(spectrum, centred, global_mean)
+        out["nc2_ortho"] = np.sqrt(np.maximum(
+            2.0 - 2.0 * means_energy / (math.sqrt(k) * np.sqrt(np.sum(uncentred**2, (-2, -1)))), 0.0))
         out["effective_rank_means"] = spectral.entropy_rank(np.sqrt(np.maximum(spectrum.values, 0.0)),
                                                             spectrum.kept)
         if within is not None:
-            between = np.einsum("sk,skd,ske->sde", count, centred, centred) / total[:, None, None]
+            between = np.swapaxes(centred * count[..., None], -1, -2) @ centred / total[:, None, None]
             out["effective_rank_features"] = spectral.covariance_rank(within + between)
         if second is not None:
             out["ncc_accuracy"] = _flat(second.ncc_correct, lead, 0) / total
@@ -205,7 +232,7 @@ def _nc5(ood: ClassStats, lead, centred: np.ndarray, global_mean: np.ndarray) ->
     if np.any(np.asarray(ood.count) == 0):
         raise errors.DataError("ood statistics hold no samples: nc5 needs out-of-distribution features")
     direction = _flat(ood.mean, lead, 2)[:, 0] - global_mean
-    cos = np.einsum("skd,sd->sk", centred, direction) / (
+    cos = (centred @ direction[..., None])[..., 0] / (
         np.linalg.norm(centred, axis=-1) * np.linalg.norm(direction, axis=-1)[:, None])
     return np.mean(np.abs(cos), -1)
 

@@ -15,11 +15,12 @@ import numpy as np
 TILE_BYTES = 1 << 26  # per float64 [S, t, K] temporary
 
 
-def pair_sums(centred: np.ndarray, variance: np.ndarray) -> dict[str, np.ndarray]:
+def pair_sums(centred: np.ndarray, variance: np.ndarray, gram: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """``cdnv``, ``nc2_equiangle``, ``gnc2_dist``, ``gnc2_log`` [S] of centred means [S, K, D].
 
     ``variance`` [S, K] is ``σ_c² = (1/n_c) Σ_{i∈c} ‖h_i − μ_c‖²``. ``u_c`` are the
-    unit-normalised centred means; ``‖u_c − u_c'‖² = 2 − 2 cos``.
+    unit-normalised centred means; ``‖u_c − u_c'‖² = 2 − 2 cos``. ``gram`` [S, K, K]:
+    ``M̃M̃ᵀ`` when already at hand (else its row tiles are computed here).
     """
     s, k, _ = centred.shape
     sq = np.sum(centred**2, -1)
@@ -31,12 +32,12 @@ def pair_sums(centred: np.ndarray, variance: np.ndarray) -> dict[str, np.ndarray
     with np.errstate(divide="ignore", invalid="ignore"):
         for start in range(0, k, rows):
             tile = slice(start, min(start + rows, k))
-            gram = np.einsum("srd,skd->srk", centred[:, tile], centred)  # [S, t, K]
+            block = gram[:, tile] if gram is not None else centred[:, tile] @ np.swapaxes(centred, -1, -2)  # [S, t, K]
             off = np.arange(tile.start, tile.stop)[:, None] != np.arange(k)[None, :]
-            sq_dist = sq[:, tile, None] + sq[:, None, :] - 2.0 * gram
+            sq_dist = sq[:, tile, None] + sq[:, None, :] - 2.0 * block
             cdnv = (variance[:, tile, None] + variance[:, None, :]) / (2.0 * sq_dist)
             sums["cdnv"] += np.sum(cdnv, (-2, -1), where=off)
-            cos = gram / (norms[:, tile, None] * norms[:, None, :])
+            cos = block / (norms[:, tile, None] * norms[:, None, :])
             sums["equiangle"] += np.sum(np.abs(cos + 1.0 / (k - 1)), (-2, -1), where=off)
             dist = np.sqrt(np.maximum(2.0 - 2.0 * cos, 0.0))
             x = dist - etf_dist

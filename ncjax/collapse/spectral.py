@@ -26,6 +26,7 @@ FLOAT32_EPS = float(np.finfo(np.float32).eps)
 class BetweenSpectrum(NamedTuple):
     """Eigen-decomposition of the smaller Gram matrix of M̃ (leading axis S)."""
 
+    gram: np.ndarray  # [S, R, R] M̃M̃ᵀ (K×K side) or M̃ᵀM̃ (D×D side)
     values: np.ndarray  # [S, R] ascending, R = min(K, D) (or K on the K×K route)
     vectors: np.ndarray  # [S, R, R]
     kept: np.ndarray  # [S, R] eigenvalues above the float32-aware cut-off
@@ -44,14 +45,17 @@ def gram_of_smaller(x: np.ndarray) -> np.ndarray:
     return np.swapaxes(x, -1, -2) @ x
 
 
-def between_spectrum(centred: np.ndarray, means: np.ndarray, classes_side: bool) -> BetweenSpectrum:
-    """Eigen-decomposition of ``M̃M̃ᵀ`` (``classes_side``) or ``M̃ᵀM̃``, with the float32-aware cut-off."""
+def between_spectrum(centred: np.ndarray, means_energy: np.ndarray, classes_side: bool) -> BetweenSpectrum:
+    """Eigen-decomposition of ``M̃M̃ᵀ`` (``classes_side``) or ``M̃ᵀM̃``, with the float32-aware cut-off.
+
+    ``means_energy`` [S] is ``Σ_c ‖μ_c‖²`` of the uncentred means: the scale of their float32 round-off.
+    """
     k, d = centred.shape[-2:]
     gram = centred @ np.swapaxes(centred, -1, -2) if classes_side else np.swapaxes(centred, -1, -2) @ centred
     values, vectors = np.linalg.eigh(gram)
-    scale = np.maximum(values[..., -1], np.sum(means**2, (-2, -1)))
+    scale = np.maximum(values[..., -1], means_energy)
     cutoff = (max(k, d) * FLOAT32_EPS) ** 2 * scale
-    return BetweenSpectrum(values, vectors, values > cutoff[..., None], classes_side)
+    return BetweenSpectrum(gram, values, vectors, values > cutoff[..., None], classes_side)
 
 
 def nc1(spectrum: BetweenSpectrum, within: np.ndarray) -> np.ndarray:
@@ -59,7 +63,7 @@ def nc1(spectrum: BetweenSpectrum, within: np.ndarray) -> np.ndarray:
 
     NaN where the means are degenerate (nothing survives the cut-off), never 0.
     """
-    diag = np.einsum("...ik,...ij,...jk->...k", spectrum.vectors, within, spectrum.vectors)
+    diag = np.sum(spectrum.vectors * (within @ spectrum.vectors), -2)  # v_kᵀ W v_k (BLAS)
     power = 2 if spectrum.classes_side else 1
     safe = np.where(spectrum.kept, spectrum.values, 1.0)
     value = np.sum(np.where(spectrum.kept, diag / safe**power, 0.0), -1)
