@@ -101,6 +101,20 @@ def test_two_routes_give_the_same_nc1():
         np.testing.assert_allclose(values[0], reference_metrics(h, y, k)["nc1"], rtol=2e-4)
 
 
+def test_many_classes_scatter_sums_and_tiled_pairs(monkeypatch):
+    """K > 256: per-class sums by segment scatter, not one-hot; pairs summed over many small row tiles."""
+    from ncjax.collapse import pairwise, statistics
+
+    assert 300 > statistics.ONE_HOT_CLASSES
+    monkeypatch.setattr(pairwise, "TILE_BYTES", 8 * 300 * 7)  # 7 rows per tile
+    h, y, w, b = mixture(35, k=300, d=8, n_per_class=3, noise=0.3)
+    got = collapse.measure(h, y, 300, weight=w, bias=b)
+    want = reference_metrics(h, y, 300, w, b)
+    assert_close(got, want, rtol=2e-4, names=("nc1", "nc1_quotient", "cdnv", "nc2_equiangle", "nc2_etf", "nc2_ortho",
+                                              "gnc2_dist", "gnc2_log", "nc2_etf_w", "nc3", "nc3_cos", "nc4",
+                                              "ncc_accuracy", "effective_rank_means", "effective_rank_features"))
+
+
 # ----------------------------------------------------------------- the evaluator's protocol
 
 

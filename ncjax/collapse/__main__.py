@@ -48,8 +48,9 @@ def _table(values: dict, layers: int | None) -> str:
     if layers is None:
         return "\n".join(f"{name:<24} {value:.6g}" for name, value in values.items())
     per_layer = [name for name, value in values.items() if isinstance(value, list)]
-    lines = ["layer " + " ".join(f"{name[:12]:>12}" for name in per_layer)]
-    lines += [f"{layer:>5} " + " ".join(f"{values[name][layer]:>12.4g}" for name in per_layer)
+    widths = [max(10, len(name)) for name in per_layer]
+    lines = ["layer " + " ".join(f"{name:>{w}}" for name, w in zip(per_layer, widths))]
+    lines += [f"{layer:>5} " + " ".join(f"{values[name][layer]:>{w}.4g}" for name, w in zip(per_layer, widths))
               for layer in range(layers)]
     lines += [f"{name:<24} {values[name]:.6g}   (last layer)" for name in CLASSIFIER if name in values]
     return "\n".join(lines)

@@ -234,6 +234,7 @@ def measure(features, labels, num_classes: int, weight=None, bias=None, chunk: i
     metrics, which use the last layer ``features[-1]`` as the classifier's input.
     """
     labels = np.asarray(labels)
+    features = features if hasattr(features, "shape") and hasattr(features, "dtype") else np.asarray(features)
     if np.ndim(features) not in (2, 3) or labels.shape != np.shape(features)[-2:-1]:
         raise errors.DataError(f"measure needs features [N, D] or [L, N, D] and labels [N]; "
                                f"got {list(np.shape(features))} and {list(labels.shape)}")
