@@ -99,7 +99,7 @@ def update(stats: ClassStats | None, features, labels, num_classes: int | None =
         stats = empty_stats(num_classes, np.shape(features)[-1], tuple(np.shape(features)[:-2]))
     num_classes, dim = stats.mean.shape[-2:]
     check_batch(features, labels, num_classes, dim, tuple(stats.count.shape[:-1]))
-    if _is_traced(stats, features, labels):
+    if _is_traced(*jax.tree.leaves(stats), features, labels):
         return accumulate(stats, features, labels)
     rows = piece_rows(int(np.prod(stats.count.shape[:-1], dtype=int)), dim, num_classes)
     step = _pass1
