@@ -446,7 +446,8 @@ def test_merge_of_any_split_equals_the_whole():
 
 def test_merge_matches_reference_scatter():
     h, y, _, _ = mixture(29, offset=50.0)
-    merged = jax.jit(collapse.merge)(collapse.class_stats(h[:100], y[:100], 6), collapse.class_stats(h[100:], y[100:], 6))
+    first, rest = collapse.class_stats(h[:100], y[:100], 6), collapse.class_stats(h[100:], y[100:], 6)
+    merged = jax.jit(collapse.merge)(first, rest)
     h64 = h.astype(np.float64)
     mu = np.stack([h64[y == c].mean(0) for c in range(6)])
     dev = h64 - mu[y]

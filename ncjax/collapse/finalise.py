@@ -72,7 +72,8 @@ def _uncentred_gram(spectrum: spectral.BetweenSpectrum, centred: np.ndarray, glo
                 + np.sum(global_mean**2, -1)[..., None, None])
     s = centred.sum(-2)  # MᵀM = M̃ᵀM̃ + sμ_Gᵀ + μ_Gsᵀ + Kμ_Gμ_Gᵀ, s = M̃ᵀ1
     outer = s[..., :, None] * global_mean[..., None, :]
-    return spectrum.gram + outer + np.swapaxes(outer, -1, -2) + k * global_mean[..., :, None] * global_mean[..., None, :]
+    return (spectrum.gram + outer + np.swapaxes(outer, -1, -2)
+            + k * global_mean[..., :, None] * global_mean[..., None, :])
 
 
 def _flat(x, lead: tuple[int, ...], tail: int) -> np.ndarray:

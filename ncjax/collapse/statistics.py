@@ -84,7 +84,8 @@ def class_sums(values: jax.Array, labels: jax.Array, valid: jax.Array, num_class
     """``Σ_{i: y_i = c} values_i`` for every class c: [K, C] from values [B, C] (invalid rows ignored)."""
     if num_classes <= ONE_HOT_CLASSES:
         one_hot = (labels[:, None] == jnp.arange(num_classes)) & valid[:, None]
-        return jnp.dot(one_hot.T.astype(values.dtype), values, precision=HIGHEST)
+        return jnp.dot(one_hot.T.astype(values.dtype), values,
+                       precision=HIGHEST, preferred_element_type=values.dtype)
     return jax.ops.segment_sum(jnp.where(valid[:, None], values, 0), labels, num_segments=num_classes)
 
 
@@ -115,17 +116,17 @@ def _accumulate_one(stats: ClassStats, features: jax.Array, labels: jax.Array) -
     first_sample = h[first_rows(safe, valid, num_classes)]  # [K, D]: one sample of each class
     reference = jnp.where((stats.count > 0)[:, None], stats.mean, first_sample)
     dev = (h - reference[safe]) * valid[:, None]
-    sums = class_sums(jnp.concatenate([dev, jnp.sum(dev * dev, -1, keepdims=True), jnp.ones_like(dev[:, :1])], -1),
-                      safe, valid, num_classes)
-    shift, sq_norms, batch_count = sums[:, :-2], sums[:, -2], sums[:, -1]
-    new_n = stats.count.astype(jnp.float32) + batch_count
+    shift = class_sums(dev, safe, valid, num_classes)  # [K, D]
+    sq_norms = class_sums(jnp.sum(dev * dev, -1, keepdims=True), safe, valid, num_classes)[:, 0]
+    batch_count = class_sums(valid[:, None].astype(jnp.int32), safe, valid, num_classes)[:, 0]  # labels only:
+    new_n = (stats.count + batch_count).astype(jnp.float32)  # not batched over leading axes under vmap
     step = shift / jnp.maximum(new_n, 1.0)[:, None]  # μ' − r
     scatter = None
     if stats.scatter is not None:  # static: the pytree's structure, not a value
         scatter = (stats.scatter + jnp.dot(dev.T, dev, precision=HIGHEST)
                    - jnp.dot(shift.T, step, precision=HIGHEST))
     return ClassStats(
-        count=stats.count + batch_count.astype(jnp.int32),
+        count=stats.count + batch_count,
         mean=jnp.where((new_n > 0)[:, None], reference + step, 0.0),
         scatter=scatter,
         sq_dev=stats.sq_dev + sq_norms - jnp.sum(shift * step, -1),

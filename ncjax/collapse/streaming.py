@@ -25,7 +25,7 @@ from ncjax.collapse.finalise import CLASSIFIER, as_json, metrics
 from ncjax.collapse.second_pass import SecondPassStats, accumulate_second, empty_second, reference
 from ncjax.collapse.statistics import ClassStats, accumulate, empty_stats, prefer_scatter
 
-PIECE_FLOATS = 1 << 24  # a piece's [*lead, rows, max(D, K)] float32 temporaries: about 64 MB
+PIECE_FLOATS = 1 << 26  # a piece's [*lead, rows, max(D, K)] float32 temporaries: about 256 MB
 IN_FLIGHT = 2  # pieces dispatched before waiting: the host prepares the next while the device computes
 
 _pass1 = jax.jit(accumulate)
