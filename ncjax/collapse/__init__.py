@@ -28,9 +28,9 @@ Out-of-distribution features for ``nc5`` are one-class statistics:
 through the class means. Pass 1 either keeps the D×D scatter (N·D² work, D²
 memory per slice) or not; without it, pass 2 accumulates the K×K projections
 ``Σ_i z_i z_iᵀ``, ``z_i = M̃(h_i − μ_{y_i})`` (N·D·K + N·K² work, K² memory), the
-same matmul that gives the nearest class centre. :func:`prefer_scatter` picks
-the cheaper (the K×K route for K < ~0.62·D); per block no L×D×D array is then
-formed. On the host, the between-class eigen-problem is solved on the smaller
+same matmul that gives the nearest class centre, so the K×K route adds only
+N·K². :func:`prefer_scatter` picks the cheaper: the K×K route when K ≤ D (per
+block no L×D×D array is then formed), the scatter when K > D. On the host, the between-class eigen-problem is solved on the smaller
 of M̃M̃ᵀ (K×K) and M̃ᵀM̃ (D×D), so K = 16,384 in D = 1,024 costs a 1,024² one.
 Pairwise quantities (``cdnv``, ``nc2_equiangle``, ``gnc2_*``) are tiled over rows
 of the K×K grid; ``nc2_etf``/``nc2_etf_w``/``nc2_ortho`` need only traces and

@@ -40,12 +40,14 @@ class ClassStats(NamedTuple):
 
 
 def prefer_scatter(num_classes: int, dim: int) -> bool:
-    """Whether ``nc1`` is cheaper through the D×D scatter (pass 1) than through K×K projections (pass 2).
+    """Whether ``nc1`` is cheaper through the D×D scatter (pass 1) than through K×K projections (pass 2): K > D.
 
-    Per sample the scatter costs D² multiply-adds, the projection ``M̃(h − μ_y)``
-    and its outer product D·K + K². The K×K route wins roughly for K < 0.62·D.
+    Pass 2 projects every sample onto the centred means for the nearest-centre
+    rule anyway (D·K per sample, either route); the K×K route adds the outer
+    products ``z zᵀ`` (K² per sample, K² memory), the scatter route D² per sample
+    and D² memory. So K ≤ D takes the K×K route: per block no L×D×D array.
     """
-    return dim * dim <= dim * num_classes + num_classes * num_classes
+    return num_classes > dim
 
 
 def empty_stats(num_classes: int, dim: int, leading: tuple[int, ...] = (), scatter: bool = True) -> ClassStats:
