@@ -235,6 +235,20 @@ def test_no_recompilation_per_chunk_size():
     assert (streaming._pass1_donating._cache_size(), streaming._pass2_donating._cache_size()) == sizes
 
 
+def test_pieces_survive_a_consumer_that_never_waits():
+    """Pieces assembled in reused host buffers stay intact even when nothing blocks between them."""
+    rng = np.random.default_rng(36)
+    batches = [(rng.normal(size=(2, n, 3)).astype(np.float32), rng.integers(0, 5, n).astype(np.int32))
+               for n in rng.integers(1, 40, size=60)]
+    pieces = list(streaming._pieces(batches, 16))  # every piece dispatched before any is read
+    h = np.concatenate([np.asarray(p[0]) for p in pieces], axis=1)
+    y = np.concatenate([np.asarray(p[1]) for p in pieces])
+    n = sum(b[1].size for b in batches)
+    np.testing.assert_array_equal(y[:n], np.concatenate([b[1] for b in batches]))
+    np.testing.assert_array_equal(h[:, :n], np.concatenate([b[0] for b in batches], axis=1))
+    assert np.all(y[n:] == -1) and y.size % 16 == 0
+
+
 def test_route_choice():
     assert not collapse.prefer_scatter(100, 512) and not collapse.prefer_scatter(10, 768)
     assert collapse.prefer_scatter(16_384, 1_024) and collapse.prefer_scatter(10, 4)

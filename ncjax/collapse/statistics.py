@@ -79,7 +79,7 @@ def valid_rows(labels: jax.Array, num_classes: int) -> jax.Array:
     return (labels >= 0) & (labels < num_classes)
 
 
-ONE_HOT_CLASSES = 256  # up to this K, per-class sums are one-hot matmuls (fast to compile and run); beyond, scatters
+ONE_HOT_CLASSES = 0  # up to this K, per-class sums are one-hot matmuls (fast to compile and run); beyond, scatters
 
 
 def class_sums(values: jax.Array, labels: jax.Array, valid: jax.Array, num_classes: int) -> jax.Array:

@@ -126,35 +126,42 @@ def stream_stats(batches: Iterable[tuple[jax.Array, jax.Array]], num_classes: in
 def _pieces(batches: Iterable, rows: int) -> Iterator[tuple]:
     """Re-cut ``(features [*lead, B, D], labels [B])`` batches into pieces of exactly ``rows`` rows.
 
-    Whole pieces pass through without a copy; remainders are gathered on the
-    host, and the last piece is padded with label −1.
+    Whole pieces pass through without a copy. Remainders are copied into a
+    ring of reused host buffers (fresh allocations cost more than the copy)
+    and sent to the device; the last piece is padded with label −1. A buffer
+    is refilled only once its previous transfer has completed (``device_put``
+    may copy asynchronously).
     """
-    pending, filled = [], 0
+    ring: list[tuple[np.ndarray, np.ndarray]] = []
+    sent: list = [None] * (IN_FLIGHT + 1)  # the device copies of each buffer's last contents
+    turn, filled = 0, 0
     for h, y in batches:
         start, n = 0, y.shape[0]
         while start < n:
-            if not pending and n - start >= rows:
+            if not filled and n - start >= rows:
                 yield h[..., start:start + rows, :], y[start:start + rows]
                 start += rows
                 continue
+            if not ring:
+                shape = tuple(np.shape(h)[:-2]) + (rows, np.shape(h)[-1])
+                ring = [(np.empty(shape, np.asarray(h[..., :0, :]).dtype), np.empty(rows, np.int32))
+                        for _ in range(IN_FLIGHT + 1)]
+            h_buf, y_buf = ring[turn]
+            if not filled and sent[turn] is not None:
+                jax.block_until_ready(sent[turn])  # its last transfer is done: safe to overwrite
             take = min(rows - filled, n - start)
-            pending.append((np.asarray(h[..., start:start + take, :]), np.asarray(y[start:start + take])))
+            h_buf[..., filled:filled + take, :] = h[..., start:start + take, :]
+            y_buf[filled:filled + take] = y[start:start + take]
             filled, start = filled + take, start + take
             if filled == rows:
-                yield _joined(pending, rows)
-                pending, filled = [], 0
-    if pending:
-        yield _joined(pending, rows)
-
-
-def _joined(parts: list, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    h = np.concatenate([p[0] for p in parts], axis=-2)
-    y = np.concatenate([p[1] for p in parts]).astype(np.int32)
-    pad = rows - y.shape[0]
-    if pad:
-        h = np.concatenate([h, np.zeros(h.shape[:-2] + (pad, h.shape[-1]), h.dtype)], axis=-2)
-        y = np.concatenate([y, np.full(pad, -1, np.int32)])
-    return h, y
+                sent[turn] = (jax.device_put(h_buf), jax.device_put(y_buf))
+                yield sent[turn]
+                turn, filled = (turn + 1) % len(ring), 0
+    if filled:
+        h_buf, y_buf = ring[turn]
+        h_buf[..., filled:, :] = 0
+        y_buf[filled:] = -1
+        yield jax.device_put(h_buf), jax.device_put(y_buf)
 
 
 def _checked(batches: Iterable, num_classes: int, dim: int, lead: tuple[int, ...]) -> Iterator[tuple]:
