@@ -1,22 +1,30 @@
-"""Streaming collapse metrics: ncjax against a straightforward float64 NumPy two-pass reference.
+"""Streaming collapse metrics: ncjax against a float64 NumPy reference (and rhubarbwu/neural-collapse).
 
-Both stream the same synthetic features (class means plus noise) in batches and
-compute every metric of science.md §4 (nc4 included, so both make two passes).
-Each measurement runs in its own subprocess so that its peak memory (ru_maxrss,
-minus the process's footprint before the first batch) is its own.
+Every implementation streams the same synthetic features (class means plus
+noise; per block, block-dependent gains) in batches and computes every metric
+it has, nc4 included (ncjax: two passes; the reference: two passes in float64,
+D×D pseudo-inverse, pairwise sums tiled; rhubarbwu: its four accumulators and
+measure functions, torch on the CPU). Each measurement runs in its own
+subprocess, so its peak memory (ru_maxrss minus the footprint before the first
+batch) is its own. Generating the synthetic batches costs time too: it is
+measured alone ("stream") and subtracted from every figure.
 
-    python benchmarks/collapse_speed.py                   # both problem sizes
-    python benchmarks/collapse_speed.py --sizes=small --repeats=5
+    python benchmarks/collapse_speed.py --cases=common --rhubarbwu=/path/to/neural-collapse
+    python benchmarks/collapse_speed.py --cases=vocab,blocks34,blocks256
 
-Figures: wall seconds (median over repeats; ncjax's first run, which includes
-compilation, is reported separately) and peak extra memory; the N=10,000 runs
-show that memory does not grow with N.
+Cases: ``common`` N=50,000 D=512 K=100; ``wide`` N=50,000 D=2,048 K=1,000;
+``vocab`` N=200,000 D=1,024 K=16,384; ``blocks34`` L=34 D=64 N=5,000 K=10;
+``blocks256`` L=256 D=768 N=10,000 K=100. ``--rhubarbwu`` is a directory that
+holds rhubarbwu's ``neural_collapse`` package (never part of this repository);
+torch must be importable.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import resource
 import statistics
 import subprocess
@@ -25,9 +33,13 @@ import time
 
 import numpy as np
 
-SIZES = {
-    "small": dict(n=50_000, d=512, k=100, batch=1_000),
-    "large": dict(n=50_000, d=2_048, k=1_000, batch=1_000),
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # measure this checkout's ncjax
+CASES = {
+    "common": dict(n=50_000, d=512, k=100, batch=1_000, layers=0, repeats=5),
+    "wide": dict(n=50_000, d=2_048, k=1_000, batch=1_000, layers=0, repeats=3),
+    "vocab": dict(n=200_000, d=1_024, k=16_384, batch=1_000, layers=0, repeats=1),
+    "blocks34": dict(n=5_000, d=64, k=10, batch=1_000, layers=34, repeats=3),
+    "blocks256": dict(n=10_000, d=768, k=100, batch=250, layers=256, repeats=2),
 }
 
 
@@ -36,127 +48,323 @@ def _rss_mb() -> float:
 
 
 class Stream:
-    """Deterministic synthetic batches, cheap to regenerate (a pool of noise blocks)."""
+    """Deterministic synthetic batches, cheap to regenerate: a pool of noise blocks, balanced labels.
 
-    def __init__(self, n, d, k, batch, seed=0):
+    Batch i holds labels ``(order + i·B) mod K``: every class gets ⌊N/K⌋ or ⌈N/K⌉ samples.
+
+    With ``layers`` > 0 every batch is [L, B, D]: block l scales the means by
+    ``a_l`` and the noise by ``s_l`` (so nc1 changes through the depth).
+    """
+
+    def __init__(self, n, d, k, batch, layers=0, seed=0, **_):
         rng = np.random.default_rng(seed)
         self.means = (rng.normal(size=(k, d)) * 2.0).astype(np.float32)
         self.noise = rng.normal(size=(7, batch, d)).astype(np.float32)
-        self.labels = rng.integers(0, k, size=(11, batch)).astype(np.int32)
+        self.order = rng.permutation(batch)
         self.weight = (self.means + 0.1 * rng.normal(size=(k, d))).astype(np.float32)
         self.bias = np.zeros(k, np.float32)
-        self.n, self.k, self.batch = n, k, batch
+        self.ood_noise = (rng.normal(size=(3, batch, d)) + 0.5).astype(np.float32)
+        self.gain = np.linspace(0.5, 2.0, max(layers, 1)).astype(np.float32)[:, None, None]
+        self.spread = np.geomspace(2.0, 0.2, max(layers, 1)).astype(np.float32)[:, None, None]
+        self.n, self.k, self.d, self.batch, self.layers = n, k, d, batch, layers
 
     def __call__(self):
         for i in range(self.n // self.batch):
-            y = self.labels[i % 11]
-            yield self.means[y] + self.noise[i % 7], y
+            y = ((self.order + i * self.batch) % self.k).astype(np.int32)
+            if self.layers:
+                yield self.gain * self.means[y] + self.spread * self.noise[i % 7], y
+            else:
+                yield self.means[y] + self.noise[i % 7], y
+
+    def ood(self):
+        for i in range(max(1, self.n // 5 // self.batch)):
+            h = self.ood_noise[i % 3]
+            yield np.broadcast_to(self.gain * h, (self.layers,) + h.shape) if self.layers else h
 
 
-def reference(stream: Stream) -> dict[str, float]:
-    """Float64, two passes, the definitions as written: D×D Σ_B and its pseudo-inverse."""
-    k = stream.k
+# ----------------------------------------------------------------- implementations
+
+
+def stream_only(stream: Stream) -> dict:
+    """Only generate the batches, as often as the others do (two passes and one OOD pass)."""
+    for _ in range(2):
+        for h, _ in stream():
+            pass
+    for _ in stream.ood():
+        pass
+    return {}
+
+
+def reference(stream: Stream) -> dict:
+    """Float64, two passes, the definitions as written: D×D Σ_B pseudo-inverse, pairs tiled."""
+    k, d, layers = stream.k, stream.d, max(stream.layers, 1)
     count = np.zeros(k)
-    sums = np.zeros((k, stream.means.shape[1]))
+    sums = np.zeros((layers, k, d))
     for h, y in stream():
-        onehot = np.eye(k)[y]
-        count += onehot.sum(0)
-        sums += onehot.T @ h.astype(np.float64)
+        h = h.reshape(layers, -1, d).astype(np.float64)
+        count += np.bincount(y, minlength=k)
+        for layer in range(layers):
+            np.add.at(sums[layer], y, h[layer])
     mu = sums / count[:, None]
-    mu_g = sums.sum(0) / count.sum()
-    d = mu.shape[1]
-    sw = np.zeros((d, d))
-    sq = np.zeros(k)
-    mismatch = 0
-    for h, y in stream():
-        h = h.astype(np.float64)
-        dev = h - mu[y]
-        sw += dev.T @ dev
-        sq += np.bincount(y, (dev**2).sum(1), minlength=k)
-        pred = np.argmax(h @ stream.weight.T + stream.bias, 1)
-        ncc = np.argmin((mu**2).sum(1)[None] - 2 * h @ mu.T, 1)
-        mismatch += int(np.sum(pred != ncc))
-    n = count.sum()
-    sw /= n
-    mt = mu - mu_g
-    sb = mt.T @ mt / k
-    out = {"nc1": np.trace(sw @ np.linalg.pinv(sb, hermitian=True)) / k}
-    out["nc1_quotient"] = np.trace(sw) / np.trace(sb)
-    var = sq / count
-    sq = (mt**2).sum(1)
-    dist = sq[:, None] + sq[None] - 2 * mt @ mt.T  # pairwise ‖μ_c − μ_c'‖², without a K×K×D array
-    iu = np.triu_indices(k, 1)
-    out["cdnv"] = np.mean((var[:, None] + var[None])[iu] / (2 * dist[iu]))
-    norms = np.linalg.norm(mt, axis=1)
-    out["nc2_equinorm"] = norms.std() / norms.mean()
-    cos = mt @ mt.T / np.outer(norms, norms)
-    out["nc2_equiangle"] = np.abs(cos + 1 / (k - 1))[~np.eye(k, dtype=bool)].mean()
-    etf = (np.eye(k) - 1 / k) / np.sqrt(k - 1)
-    g = mt @ mt.T
-    out["nc2_etf"] = np.linalg.norm(g / np.linalg.norm(g) - etf)
+    mu_g = sums.sum(1) / count.sum()
+    ood_sum, ood_n = np.zeros((layers, d)), 0
+    for h in stream.ood():
+        ood_sum += h.reshape(layers, -1, d).astype(np.float64).sum(1)
+        ood_n += h.shape[-2]
+    sw = np.zeros((layers, d, d))
+    sq = np.zeros((layers, k))
+    correct = np.zeros(layers)
+    mismatch = cos_sum = 0.0
     w = stream.weight.astype(np.float64)
-    gw = w @ w.T
-    out["nc2_etf_w"] = np.linalg.norm(gw / np.linalg.norm(gw) - etf)
-    out["nc3"] = np.sum((w / np.linalg.norm(w) - mt / np.linalg.norm(mt)) ** 2)
-    out["nc4"] = mismatch / n
-    return {name: float(v) for name, v in out.items()}
+    for h, y in stream():
+        h = h.reshape(layers, -1, d).astype(np.float64)
+        for layer in range(layers):
+            dev = h[layer] - mu[layer][y]
+            sw[layer] += dev.T @ dev
+            sq[layer] += np.bincount(y, (dev**2).sum(1), minlength=k)
+            ncc = np.argmin((mu[layer] ** 2).sum(1)[None] - 2 * h[layer] @ mu[layer].T, 1)
+            correct[layer] += np.sum(ncc == y)
+        centred = h[-1] - mu_g[-1]
+        mismatch += np.sum(np.argmax(h[-1] @ w.T + stream.bias, 1) != ncc)
+        cos_sum += np.sum(np.sum(centred * w[y], 1) / (np.linalg.norm(centred, axis=1) * np.linalg.norm(w[y], axis=1)))
+    n = count.sum()
+    out = {name: [] for name in ("nc1", "nc1_quotient", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc2_etf",
+                                 "nc2_ortho", "gnc2_dist", "gnc2_log", "ncc_accuracy", "nc5",
+                                 "effective_rank_features", "effective_rank_means")}
+    etf = lambda g: np.linalg.norm(g / np.linalg.norm(g) - (np.eye(k) - 1 / k) / np.sqrt(k - 1))  # noqa: E731
+    for layer in range(layers):
+        mt = mu[layer] - mu_g[layer]
+        within = sw[layer] / n
+        between = mt.T @ mt / k
+        out["nc1"].append(np.trace(within @ np.linalg.pinv(between, hermitian=True)) / k)
+        out["nc1_quotient"].append(np.trace(within) / np.trace(between))
+        pair = _pairs(mt, sq[layer] / count)
+        for name in ("cdnv", "nc2_equiangle", "gnc2_dist", "gnc2_log"):
+            out[name].append(pair[name])
+        norms = np.linalg.norm(mt, axis=1)
+        out["nc2_equinorm"].append(norms.std() / norms.mean())
+        out["nc2_etf"].append(_frame_distance(mt, k, etf))
+        m = mu[layer]
+        gram = m.T @ m if k > d else m @ m.T
+        out["nc2_ortho"].append(np.sqrt(max(2 - 2 * np.sum(m * m) / (np.sqrt(k) * np.linalg.norm(gram)), 0.0)))
+        out["ncc_accuracy"].append(correct[layer] / n)
+        direction = ood_sum[layer] / ood_n - mu_g[layer]
+        out["nc5"].append(np.mean(np.abs(mt @ direction) / (norms * np.linalg.norm(direction))))
+        covariance = within + (mt * count[:, None]).T @ mt / n
+        out["effective_rank_features"].append(_entropy_rank(np.linalg.eigvalsh(covariance)))
+        out["effective_rank_means"].append(_entropy_rank(np.linalg.svd(mt, compute_uv=False)))
+    mt = mu[-1] - mu_g[-1]
+    gram_w = w.T @ w if k > d else w @ w.T
+    out["nc2_etf_w"] = [_frame_distance(w, k, etf, gram_w)]
+    out["nc3"] = [np.sum((w / np.linalg.norm(w) - mt / np.linalg.norm(mt)) ** 2)]
+    duality = np.sum(w * mt, 1)
+    out["unc3"] = [duality.var()]
+    out["unc3_normalised"] = [duality.var() / duality.mean() ** 2]
+    out["nc3_cos"] = [1 - cos_sum / n]
+    out["nc4"] = [mismatch / n]
+    return {name: [float(v) for v in values] for name, values in out.items()}
 
 
-def ncjax_metrics(stream: Stream) -> dict[str, float]:
+def _frame_distance(rows, k, etf, gram=None):
+    """nc2_etf of rows [K, D]: the definition with the K×K Gram when small, else its expansion."""
+    if k <= 4096:
+        return etf(rows @ rows.T)
+    gram = rows.T @ rows if gram is None else gram
+    s = rows.sum(0)
+    inner = (np.sum(rows * rows) - s @ s / k) / (np.sqrt(k - 1) * np.linalg.norm(gram))
+    return np.sqrt(max(2 - 2 * inner, 0.0))
+
+
+def _entropy_rank(values):
+    values = np.clip(values, 0, None)
+    values = values[values > values.max() * values.size * 1e-7]
+    p = values / values.sum()
+    return float(np.exp(-np.sum(p * np.log(p))))
+
+
+def _pairs(mt, var, rows=512):
+    """cdnv, nc2_equiangle, gnc2_dist, gnc2_log over all pairs c ≠ c' (tiled; two-pass variances)."""
+    k = mt.shape[0]
+    norms = np.linalg.norm(mt, axis=1)
+    u = mt / norms[:, None]
+    sq = norms**2
+    totals = dict(cdnv=0.0, equi=0.0, dist=0.0, log=0.0)
+    np.seterr(divide="ignore", invalid="ignore")  # the diagonal (c = c) is masked out below
+    tiles = []
+    for start in range(0, k, rows):
+        idx = np.arange(start, min(start + rows, k))
+        g = mt[idx] @ mt.T
+        off = idx[:, None] != np.arange(k)[None]
+        d2 = sq[idx, None] + sq[None] - 2 * g
+        totals["cdnv"] += np.sum(((var[idx, None] + var[None]) / (2 * d2))[off])
+        cos = (u[idx] @ u.T)[off]
+        totals["equi"] += np.sum(np.abs(cos + 1 / (k - 1)))
+        dist = np.sqrt(np.clip(2 - 2 * cos, 0, None))
+        totals["dist"] += dist.sum()
+        totals["log"] += np.sum(-np.log(dist))
+        tiles.append(idx)
+    pairs = k * (k - 1)
+    mean_dist, mean_log = totals["dist"] / pairs, totals["log"] / pairs
+    var_dist = var_log = 0.0
+    for idx in tiles:  # second sweep: variances about the exact means
+        off = idx[:, None] != np.arange(k)[None]
+        dist = np.sqrt(np.clip(2 - 2 * (u[idx] @ u.T)[off], 0, None))
+        var_dist += np.sum((dist - mean_dist) ** 2)
+        var_log += np.sum((-np.log(dist) - mean_log) ** 2)
+    return dict(cdnv=totals["cdnv"] / pairs, nc2_equiangle=totals["equi"] / pairs,
+                gnc2_dist=var_dist / pairs, gnc2_log=var_log / pairs)
+
+
+def ncjax_metrics(stream: Stream) -> dict:
     from ncjax import collapse
 
-    return collapse.measure_batches(stream, stream.k, weight=stream.weight, bias=stream.bias)
+    values = collapse.measure_batches(stream, stream.k, weight=stream.weight, bias=stream.bias,
+                                      make_ood_batches=stream.ood)
+    return {name: (v if isinstance(v, list) else [v]) for name, v in values.items()}
 
 
-def child(impl: str, size: str, n: int, repeats: int) -> None:
+def rhubarbwu_metrics(stream: Stream) -> dict:
+    """rhubarbwu/neural-collapse as its README drives it: four accumulator passes, then its measures."""
+    import torch as pt
+    from neural_collapse import accumulate as acc
+    from neural_collapse import kernels, measure
+
+    k, d = stream.k, stream.d
+    as_t = pt.from_numpy
+    means_acc = acc.MeanAccumulator(k, d, "cpu")
+    for h, y in stream():
+        means_acc.accumulate(as_t(h), as_t(y.astype(np.int64)))
+    means, m_g = means_acc.compute()
+    var_acc = acc.VarNormAccumulator(k, d, "cpu", M=means)
+    cov_acc = acc.CovarAccumulator(k, d, "cpu", M=means)
+    for h, y in stream():
+        x, t = as_t(h), as_t(y.astype(np.int64))
+        var_acc.accumulate(x, t, means)
+        cov_acc.accumulate(x, t, means)
+    var_norms, _ = var_acc.compute()
+    covar_within = cov_acc.compute()
+    weights = as_t(stream.weight)
+    dec_acc = acc.DecAccumulator(k, d, "cpu", M=means, W=weights)
+    for h, y in stream():
+        dec_acc.accumulate(as_t(h), as_t(y.astype(np.int64)), weights, means)
+    ood_acc = acc.MeanAccumulator(k, d, "cpu")
+    for h in stream.ood():
+        ood_acc.accumulate(as_t(np.ascontiguousarray(h)), pt.zeros(h.shape[0], dtype=pt.int64))
+    _, m_g_ood = ood_acc.compute()
+    results = {
+        "nc1": measure.covariance_ratio(covar_within, means, m_g),
+        "nc1_quotient": measure.covariance_ratio(covar_within, means, m_g, "quotient"),
+        "cdnv": measure.variability_cdnv(var_norms, means),
+        "nc2_etf": measure.simplex_etf_error(means, m_g),
+        "gnc2_dist": kernels.kernel_stats(means, m_g)[1],
+        "gnc2_log": kernels.kernel_stats(means, m_g, kernel=kernels.log_kernel)[1],
+        "nc3_frame": measure.self_duality_error(weights, means, m_g),
+        "unc3": measure.similarities(weights, means, m_g).var().item(),
+        "nc4_agreement": measure.clf_ncc_agreement(dec_acc),
+        "nc5": measure.orthogonality_deviation(means, m_g_ood),
+    }
+    return {name: [float(v)] for name, v in results.items()}
+
+
+IMPLEMENTATIONS = {"stream": stream_only, "numpy": reference, "ncjax": ncjax_metrics, "rhubarbwu": rhubarbwu_metrics}
+
+
+# ----------------------------------------------------------------- driver
+
+
+def child(impl: str, case: str, repeats: int, rhubarbwu: str | None) -> None:
     """One measurement in this process: prints a JSON line."""
-    cfg = dict(SIZES[size], n=n)
-    stream = Stream(**cfg)
-    fn = {"numpy": reference, "ncjax": ncjax_metrics}[impl]
+    stream = Stream(**CASES[case])
     if impl == "ncjax":
         import jax  # noqa: F401  (import cost is not the metrics' cost)
+    if impl == "rhubarbwu":
+        sys.path.insert(0, rhubarbwu)
+        import neural_collapse.measure  # noqa: F401
     base = _rss_mb()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn(stream)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = IMPLEMENTATIONS[impl](stream)
         times.append(time.perf_counter() - start)
-    print(json.dumps(dict(times=times, peak_mb=_rss_mb() - base, result=result)))
+        cpu.append(time.process_time() - start_cpu)
+    print(json.dumps(dict(times=times, cpu=cpu, peak_mb=_rss_mb() - base, result=result)))
 
 
-def run_child(impl, size, n, repeats):
-    cmd = [sys.executable, __file__, "--child", impl, "--sizes", size, "--n", str(n), "--repeats", str(repeats)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+def run_child(impl, case, repeats, rhubarbwu=None):
+    cmd = [sys.executable, __file__, "--child", impl, "--cases", case, "--repeats", str(repeats)]
+    if rhubarbwu:
+        cmd += ["--rhubarbwu", rhubarbwu]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"{impl} on {case} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def largest_difference(got: dict, want: dict) -> tuple[float, str]:
+    worst, where = 0.0, ""
+    for name, values in want.items():
+        if name not in got:
+            continue
+        for a, b in zip(got[name], values):
+            if math.isnan(a) and math.isnan(b):
+                continue
+            diff = abs(a - b) / max(abs(b), 1e-12)
+            if not diff <= worst:
+                worst, where = diff, name
+    return worst, where
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="small,large")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cases", default="common,blocks34")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs (default per case)")
+    parser.add_argument("--rhubarbwu", default=None, help="directory holding rhubarbwu's neural_collapse package")
+    parser.add_argument("--no-reference", action="store_true", help="skip the float64 reference (slow at vocab size)")
+    parser.add_argument("--cache", default=None,
+                        help="directory to keep the reference's results in and reuse them (the streams are deterministic)")
     parser.add_argument("--child", default=None)
-    parser.add_argument("--n", type=int, default=None)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.sizes, args.n, args.repeats)
+        child(args.child, args.cases, args.repeats, args.rhubarbwu)
         return
-    for size in args.sizes.split(","):
-        cfg = SIZES[size]
-        label = f"N={cfg['n']:,} D={cfg['d']:,} K={cfg['k']:,} batch={cfg['batch']:,}"
-        jx = run_child("ncjax", size, cfg["n"], args.repeats + 1)
-        ref = run_child("numpy", size, cfg["n"], args.repeats)
-        jx_small = run_child("ncjax", size, 10_000, 2)
-        ref_small = run_child("numpy", size, 10_000, 1)
-        jx_time = statistics.median(jx["times"][1:])
-        ref_time = statistics.median(ref["times"])
-        worst = max(
-            abs(jx["result"][m] - ref["result"][m]) / max(abs(ref["result"][m]), 1e-12) for m in ref["result"]
-        )
-        print(f"{label}")
-        print(f"  ncjax          {jx_time:8.2f} s   (first run incl. compile {jx['times'][0]:.2f} s)   "
-              f"peak +{jx['peak_mb']:.0f} MB (N=10,000: +{jx_small['peak_mb']:.0f} MB)")
-        print(f"  numpy float64  {ref_time:8.2f} s   peak +{ref['peak_mb']:.0f} MB (N=10,000: +{ref_small['peak_mb']:.0f} MB)")
-        print(f"  speed-up {ref_time / jx_time:.1f}x   largest relative difference of any metric {worst:.1e}")
+    for case in args.cases.split(","):
+        cfg = CASES[case]
+        repeats = args.repeats or cfg["repeats"]
+        shape = (f"L={cfg['layers']} " if cfg["layers"] else "") + f"N={cfg['n']:,} D={cfg['d']:,} K={cfg['k']:,}"
+        print(f"{case}: {shape} batch={cfg['batch']:,} (times: median over runs, minus generating the batches)")
+        stream = statistics.median(run_child("stream", case, 3)["times"])
+        if repeats > 1:  # a first call (with compilation), then timed calls
+            jx = run_child("ncjax", case, repeats + 1)
+            steady = statistics.median(jx["times"][1:])
+            print(f"  ncjax          {steady - stream:8.2f} s ({statistics.median(jx['cpu'][1:]):.2f} s CPU)   first call "
+                  f"{jx['times'][0] - stream:.2f} s (compile ≈ {jx['times'][0] - steady:.2f} s wall, "
+                  f"{jx['cpu'][0] - statistics.median(jx['cpu'][1:]):.2f} s CPU)   peak +{jx['peak_mb']:.0f} MB")
+        else:  # one call: compilation included (seconds against minutes)
+            jx = run_child("ncjax", case, 1)
+            steady = jx["times"][0]
+            print(f"  ncjax          {steady - stream:8.2f} s   (one call, compilation included)   "
+                  f"peak +{jx['peak_mb']:.0f} MB")
+        if not args.no_reference:
+            cached = os.path.join(args.cache, f"reference_{case}.json") if args.cache else None
+            if cached and os.path.exists(cached):
+                with open(cached) as f:
+                    ref = json.load(f)
+            else:
+                ref = run_child("numpy", case, 1)
+                if cached:
+                    os.makedirs(args.cache, exist_ok=True)
+                    with open(cached, "w") as f:
+                        json.dump(ref, f)
+            worst, where = largest_difference(jx["result"], ref["result"])
+            print(f"  numpy float64  {statistics.median(ref['times']) - stream:8.2f} s   peak +{ref['peak_mb']:.0f} MB"
+                  f"   largest relative difference of any metric {worst:.1e} ({where})")
+        if args.rhubarbwu and not cfg["layers"]:
+            rw = run_child("rhubarbwu", case, repeats, args.rhubarbwu)
+            rw_time = statistics.median(rw["times"]) - stream
+            print(f"  rhubarbwu      {rw_time:8.2f} s ({statistics.median(rw['cpu']):.2f} s CPU)   peak "
+                  f"+{rw['peak_mb']:.0f} MB   (ncjax {rw_time / (steady - stream):.1f}x faster)")
+        print(f"  (generating the batches: {stream:.2f} s)")
         sys.stdout.flush()
 
 

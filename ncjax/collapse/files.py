@@ -1,0 +1,122 @@
+"""Features a user already has, from ``.npz`` or ``.npy`` files, memory-mapped where the format allows.
+
+``.npy`` files open with ``np.load(mmap_mode='r')``; arrays stored uncompressed
+in an ``.npz`` (``np.savez``) are memory-mapped at their offset inside the zip,
+so files larger than memory stream chunk by chunk. Compressed members
+(``np.savez_compressed``) must be decompressed into memory.
+"""
+
+from __future__ import annotations
+
+import struct
+import zipfile
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from ncjax import errors
+
+ARRAY_NAMES = ("features", "labels", "weight", "bias", "ood_features")
+
+
+class FeatureArrays(NamedTuple):
+    """Arrays to measure (possibly memory-mapped)."""
+
+    features: np.ndarray  # [N, D] or [L, N, D]
+    labels: np.ndarray  # [N] integers
+    weight: np.ndarray | None  # [K, D]
+    bias: np.ndarray | None  # [K]
+    ood_features: np.ndarray | None  # [M, D] or [L, M, D]
+    ignored: tuple[str, ...]  # arrays in an .npz that none of ARRAY_NAMES matches
+
+
+def _mapped_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
+    """An uncompressed .npz member as a read-only memmap (no bytes read beyond its header)."""
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if local[:4] != b"PK\x03\x04":
+            raise errors.DataError(f"{path}: member {info.filename} has a damaged zip header")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        f.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(f)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise errors.DataError(f"{path}: array {info.filename[:-4]!r} holds Python objects; save numbers only")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
+
+
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    with zipfile.ZipFile(path) as archive:
+        members = [info for info in archive.infolist() if info.filename.endswith(".npy")]
+    compressed = None
+    for info in members:
+        name = info.filename[:-4]
+        if info.compress_type == zipfile.ZIP_STORED:
+            arrays[name] = _mapped_member(path, info)
+        else:
+            compressed = compressed if compressed is not None else np.load(path, allow_pickle=False)
+            arrays[name] = compressed[name]
+    return arrays
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def read_array(path: str | Path) -> np.ndarray | dict[str, np.ndarray]:
+    """One ``.npy`` array or the arrays of one ``.npz``; a one-line DataError for anything unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise errors.DataError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != np.lib.format.MAGIC_PREFIX and not zipfile.is_zipfile(path):
+        raise errors.DataError(f"{path} is neither an .npy nor an .npz file (save arrays with np.save or np.savez)")
+    try:
+        return _read_npz(path) if zipfile.is_zipfile(path) else _read_npy(path)
+    except errors.DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, struct.error) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise errors.DataError(f"cannot read {path} as .npz or .npy: {reason}") from error
+
+
+def load(paths: list[str], weight: str | None = None, bias: str | None = None,
+         ood_features: str | None = None) -> FeatureArrays:
+    """``[features.npz]`` (arrays named as in ``ARRAY_NAMES``) or ``[features.npy, labels.npy]``;
+    separate ``.npy`` files for ``weight``, ``bias``, ``ood_features`` override the archive's."""
+    if len(paths) == 1:
+        arrays = read_array(paths[0])
+        if not isinstance(arrays, dict):
+            raise errors.DataError(f"{paths[0]} is one .npy array; give the labels too: FEATURES.npy LABELS.npy, "
+                                   "or an .npz with arrays 'features' and 'labels'")
+        missing = [name for name in ("features", "labels") if name not in arrays]
+        if missing:
+            raise errors.DataError(f"{paths[0]} lacks array(s) {missing}; it holds {sorted(arrays)} "
+                                   f"(expected names: {', '.join(ARRAY_NAMES)})")
+    elif len(paths) == 2:
+        arrays = {"features": read_array(paths[0]), "labels": read_array(paths[1])}
+        for path, name in zip(paths, ("features", "labels")):
+            if isinstance(arrays[name], dict):
+                raise errors.DataError(f"{path} is an .npz archive; with two files give FEATURES.npy LABELS.npy")
+    else:
+        raise errors.DataError(f"give FEATURES.npz, or FEATURES.npy LABELS.npy; got {len(paths)} paths")
+    for name, path in (("weight", weight), ("bias", bias), ("ood_features", ood_features)):
+        if path is not None:
+            value = read_array(path)
+            if isinstance(value, dict):
+                raise errors.DataError(f"{path}: give the {name} as one .npy array")
+            arrays[name] = value
+    labels = arrays["labels"]
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise errors.DataError(f"labels must be a 1-D integer array; got shape {list(labels.shape)} "
+                               f"and dtype {labels.dtype}")
+    return FeatureArrays(
+        features=arrays["features"], labels=np.asarray(labels), weight=arrays.get("weight"),
+        bias=arrays.get("bias"), ood_features=arrays.get("ood_features"),
+        ignored=tuple(sorted(set(arrays) - set(ARRAY_NAMES))))

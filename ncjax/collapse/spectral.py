@@ -1,0 +1,87 @@
+"""Host float64 spectra: the between-class eigen-problem, ``nc1`` and effective ranks.
+
+``Σ_B`` has rank ≤ K−1, and its non-zero spectrum is that of the smaller of the
+two Gram matrices of the centred means M̃ (K×D): ``M̃M̃ᵀ`` (K×K) or ``M̃ᵀM̃``
+(D×D). The eigen-problem is solved for the smaller one, so K = 16,384 classes
+in D = 1,024 dimensions cost a 1,024×1,024 eigen-decomposition:
+
+- K×K: ``nc1 = tr((M̃M̃ᵀ)^{†2} P)`` with ``P = M̃Σ_WM̃ᵀ`` (from pass 2's projections
+  or from the scatter);
+- D×D: ``nc1 = tr(Σ_W (M̃ᵀM̃)^†)`` (needs the scatter).
+
+Both equal ``tr(Σ_W Σ_B^†)/K``. The class means are float32 numbers, so the
+pseudo-inverse cuts eigenvalues below ``(max(K, D)·ε₃₂)²`` times the means'
+energy: a float64 cut-off would turn round-off into 1e8-sized garbage.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+FLOAT32_EPS = float(np.finfo(np.float32).eps)
+
+
+class BetweenSpectrum(NamedTuple):
+    """Eigen-decomposition of the smaller Gram matrix of M̃ (leading axis S)."""
+
+    gram: np.ndarray  # [S, R, R] M̃M̃ᵀ (K×K side) or M̃ᵀM̃ (D×D side)
+    values: np.ndarray  # [S, R] ascending, R = min(K, D) (or K on the K×K route)
+    vectors: np.ndarray  # [S, R, R]
+    kept: np.ndarray  # [S, R] eigenvalues above the float32-aware cut-off
+    classes_side: bool  # True: K×K (M̃M̃ᵀ), False: D×D (M̃ᵀM̃)
+
+    @property
+    def degenerate(self) -> np.ndarray:
+        """[S] slices whose class means all coincide (every eigenvalue is round-off): tr Σ_B ≈ 0."""
+        return ~np.any(self.kept, -1)
+
+
+def gram_of_smaller(x: np.ndarray) -> np.ndarray:
+    """``x xᵀ`` or ``xᵀ x`` for ``x`` [S, K, D], whichever is smaller (same non-zero spectrum)."""
+    if x.shape[-2] <= x.shape[-1]:
+        return x @ np.swapaxes(x, -1, -2)
+    return np.swapaxes(x, -1, -2) @ x
+
+
+def between_spectrum(centred: np.ndarray, means_energy: np.ndarray, classes_side: bool) -> BetweenSpectrum:
+    """Eigen-decomposition of ``M̃M̃ᵀ`` (``classes_side``) or ``M̃ᵀM̃``, with the float32-aware cut-off.
+
+    ``means_energy`` [S] is ``Σ_c ‖μ_c‖²`` of the uncentred means: the scale of their float32 round-off.
+    """
+    k, d = centred.shape[-2:]
+    gram = centred @ np.swapaxes(centred, -1, -2) if classes_side else np.swapaxes(centred, -1, -2) @ centred
+    values, vectors = np.linalg.eigh(gram)
+    scale = np.maximum(values[..., -1], means_energy)
+    cutoff = (max(k, d) * FLOAT32_EPS) ** 2 * scale
+    return BetweenSpectrum(gram, values, vectors, values > cutoff[..., None], classes_side)
+
+
+def nc1(spectrum: BetweenSpectrum, within: np.ndarray) -> np.ndarray:
+    """``tr(Σ_W Σ_B^†)/K`` [S]; ``within`` is ``P = M̃Σ_WM̃ᵀ`` (K×K side) or ``Σ_W`` (D×D side).
+
+    NaN where the means are degenerate (nothing survives the cut-off), never 0.
+    """
+    diag = np.sum(spectrum.vectors * (within @ spectrum.vectors), -2)  # v_kᵀ W v_k (BLAS)
+    power = 2 if spectrum.classes_side else 1
+    safe = np.where(spectrum.kept, spectrum.values, 1.0)
+    value = np.sum(np.where(spectrum.kept, diag / safe**power, 0.0), -1)
+    return np.where(spectrum.degenerate, np.nan, value)
+
+
+def entropy_rank(values: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    """``exp(−Σ p log p)``, ``p = v / Σv`` over the kept non-negative ``values`` (last axis)."""
+    v = np.where(kept, np.maximum(values, 0.0), 0.0)
+    total = v.sum(-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = v / total
+        h = -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), -1)
+    return np.where(total[..., 0] > 0, np.exp(h), np.nan)
+
+
+def covariance_rank(covariance: np.ndarray) -> np.ndarray:
+    """Effective rank of float32-accumulated covariances [S, D, D] (eigenvalues are their singular values)."""
+    values = np.linalg.eigvalsh(covariance)
+    cutoff = covariance.shape[-1] * FLOAT32_EPS * np.max(np.abs(values), -1, keepdims=True)
+    return entropy_rank(values, values > cutoff)

@@ -1,0 +1,322 @@
+"""Host convenience: checked, jitted, shape-stable streaming of batches through both passes.
+
+The public boundary of the package: inputs are checked here (shapes and dtypes
+with chex, labels in range), then re-cut into fixed-size pieces (padded with
+label −1), so one compiled program serves every batch and chunk size, and a
+ragged tail never recompiles. Only the loops here donate their own state;
+:func:`update` never deletes the caller's statistics.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import warnings
+from typing import Callable, Iterable, Iterator
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ncjax import errors
+from ncjax.collapse.finalise import CLASSIFIER, as_json, metrics
+from ncjax.collapse.second_pass import SecondPassStats, accumulate_second, empty_second, reference
+from ncjax.collapse.statistics import ClassStats, accumulate, empty_stats, prefer_scatter
+
+PIECE_FLOATS = 1 << 26  # a piece's [*lead, rows, max(D, K)] float32 temporaries: about 256 MB
+IN_FLIGHT = 2  # pieces dispatched before waiting: the host prepares the next while the device computes
+
+_pass1 = jax.jit(accumulate)
+_pass1_donating = jax.jit(accumulate, donate_argnums=0)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _pass2_donating(second: SecondPassStats, stats: ClassStats, features, labels, weight=None, bias=None):
+    """Pass 2 of one piece; the reference is recomputed per piece (K·D work) to keep to two compiled programs."""
+    return accumulate_second(second, reference(stats), features, labels, weight, bias)
+
+
+def piece_rows(lead_size: int, dim: int, num_classes: int) -> int:
+    """Rows per compiled piece: a power of two in [16, 1024] that bounds the per-piece memory."""
+    fit = PIECE_FLOATS // max(1, lead_size * max(dim, num_classes))
+    return 1 << max(4, min(10, int(math.log2(max(fit, 1)))))
+
+
+def _is_traced(*arrays) -> bool:
+    return any(isinstance(a, jax.core.Tracer) for a in arrays)
+
+
+def _check(condition_fn: Callable[[], None], message: str) -> None:
+    """Run a chex assertion; its failure becomes a one-line :class:`ncjax.errors.DataError`."""
+    try:
+        condition_fn()
+    except AssertionError as error:
+        raise errors.DataError(message) from error
+
+
+def check_batch(features, labels, num_classes: int, dim: int | None = None,
+                lead: tuple[int, ...] | None = None, padding: bool = True) -> None:
+    """Shapes, dtypes and label range of one batch at the public boundary (DataError if wrong).
+
+    ``features`` ``[*lead, B, D]`` real numbers, ``labels`` ``[B]`` integers in
+    ``[0, K)``, or negative for padding when ``padding``. Value checks run
+    only on concrete arrays (not under ``jit``).
+    """
+    _check(lambda: chex.assert_rank(labels, 1), f"labels must be a 1-D array [B]; got shape {np.shape(labels)}")
+    _check(lambda: chex.assert_type(labels, int), f"labels must be integers; got dtype {labels.dtype}")
+    where = "" if lead is None else f" (led by {list(lead)})"
+    _check(lambda: chex.assert_rank(features, {2, 3} if lead is None else len(lead) + 2),
+           f"features must be [B, D] or [L, B, D]{where}; got shape {list(np.shape(features))}")
+    expected = (tuple(features.shape[:-2]) if lead is None else tuple(lead)) + (labels.shape[0], dim)
+    _check(lambda: chex.assert_shape(features, expected),
+           f"features must be [*leading, B, D] with B = len(labels) = {labels.shape[0]}"
+           f"{'' if dim is None else f' and D = {dim}'}{where}; got shape {list(np.shape(features))}")
+    if not (jnp.issubdtype(features.dtype, jnp.floating) or jnp.issubdtype(features.dtype, jnp.integer)):
+        raise errors.DataError(f"features must be real numbers; got dtype {features.dtype}")
+    if _is_traced(labels) or labels.shape[0] == 0:
+        return
+    values = np.asarray(labels)
+    low, high = int(values.min()), int(values.max())
+    if high >= num_classes or (low < 0 and not padding):
+        allowed = f"[0, {num_classes})" + (" (negative labels mark padding)" if padding else "")
+        raise errors.DataError(f"labels must lie in {allowed}; got values in [{low}, {high}]: check num_classes")
+
+
+def update(stats: ClassStats | None, features, labels, num_classes: int | None = None) -> ClassStats:
+    """Statistics of ``stats``' samples plus one batch, as new arrays (``stats`` is left intact).
+
+    ``features`` is [B, D], or [L, B, D] for L blocks sharing the labels (the
+    stats then carry a leading L axis). ``stats=None`` starts from empty (with
+    the D×D scatter) and needs ``num_classes``. Checked at this boundary; inside
+    a ``jit`` it is :func:`ncjax.collapse.accumulate` (shardings respected: a
+    batch sharded over devices gives replicated statistics).
+    """
+    if stats is None:
+        if num_classes is None:
+            raise errors.DataError("update(None, ...) needs num_classes to start from empty statistics")
+        stats = empty_stats(num_classes, np.shape(features)[-1], tuple(np.shape(features)[:-2]))
+    num_classes, dim = stats.mean.shape[-2:]
+    check_batch(features, labels, num_classes, dim, tuple(stats.count.shape[:-1]))
+    if _is_traced(*jax.tree.leaves(stats), features, labels):
+        return accumulate(stats, features, labels)
+    rows = piece_rows(int(np.prod(stats.count.shape[:-1], dtype=int)), dim, num_classes)
+    step = _pass1
+    for h, y in _pieces([(features, labels)], rows):
+        stats, step = step(stats, h, y), _pass1_donating  # later pieces update our own copy
+    return stats
+
+
+def class_stats(features, labels, num_classes: int) -> ClassStats:
+    """Statistics of one batch: features [B, D] (or [L, B, D]), integer labels [B]."""
+    return update(None, features, labels, num_classes)
+
+
+def stream_stats(batches: Iterable[tuple[jax.Array, jax.Array]], num_classes: int) -> ClassStats:
+    """Fold an iterable of ``(features, labels)`` batches into statistics (with the scatter)."""
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        raise errors.DataError("stream_stats got no batches: there is nothing to measure")
+    stats = empty_stats(num_classes, np.shape(first[0])[-1], tuple(np.shape(first[0])[:-2]))
+    return _first_pass(stats, itertools.chain([first], iterator))
+
+
+def _pieces(batches: Iterable, rows: int) -> Iterator[tuple]:
+    """Re-cut ``(features [*lead, B, D], labels [B])`` batches into pieces of exactly ``rows`` rows.
+
+    Whole pieces pass through without a copy. Remainders are copied into a
+    ring of reused host buffers (fresh allocations cost more than the copy)
+    and sent to the device; the last piece is padded with label −1. A buffer
+    is refilled only once its previous transfer has completed (``device_put``
+    may copy asynchronously).
+    """
+    ring: list[tuple[np.ndarray, np.ndarray]] = []
+    sent: list = [None] * (IN_FLIGHT + 1)  # the device copies of each buffer's last contents
+    turn, filled = 0, 0
+    for h, y in batches:
+        start, n = 0, y.shape[0]
+        while start < n:
+            if not filled and n - start >= rows:
+                yield h[..., start:start + rows, :], y[start:start + rows]
+                start += rows
+                continue
+            if not ring:
+                shape = tuple(np.shape(h)[:-2]) + (rows, np.shape(h)[-1])
+                ring = [(np.empty(shape, np.asarray(h[..., :0, :]).dtype), np.empty(rows, np.int32))
+                        for _ in range(IN_FLIGHT + 1)]
+            h_buf, y_buf = ring[turn]
+            if not filled and sent[turn] is not None:
+                jax.block_until_ready(sent[turn])  # its last transfer is done: safe to overwrite
+            take = min(rows - filled, n - start)
+            h_buf[..., filled:filled + take, :] = h[..., start:start + take, :]
+            y_buf[filled:filled + take] = y[start:start + take]
+            filled, start = filled + take, start + take
+            if filled == rows:
+                sent[turn] = (jax.device_put(h_buf), jax.device_put(y_buf))
+                yield sent[turn]
+                turn, filled = (turn + 1) % len(ring), 0
+    if filled:
+        h_buf, y_buf = ring[turn]
+        h_buf[..., filled:, :] = 0
+        y_buf[filled:] = -1
+        yield jax.device_put(h_buf), jax.device_put(y_buf)
+
+
+def _checked(batches: Iterable, num_classes: int, dim: int, lead: tuple[int, ...]) -> Iterator[tuple]:
+    for h, y in batches:
+        check_batch(h, y, num_classes, dim, lead)
+        yield h, y
+
+
+def _first_pass(stats: ClassStats, batches: Iterable) -> ClassStats:
+    num_classes, dim = stats.mean.shape[-2:]
+    lead = tuple(stats.count.shape[:-1])
+    rows = piece_rows(int(np.prod(lead, dtype=int)), dim, num_classes)
+    for index, (h, y) in enumerate(_pieces(_checked(batches, num_classes, dim, lead), rows)):
+        if index % IN_FLIGHT == 0:
+            jax.block_until_ready(stats)  # a bounded number of pieces in flight: memory does not grow with N
+        stats = _pass1_donating(stats, h, y)
+    return stats
+
+
+def _ood_stats(batches: Iterable, dim: int, lead: tuple[int, ...]) -> ClassStats:
+    """One-class statistics of out-of-distribution features: only their mean matters (``nc5``),
+    summed on the host in float64 (no compilation for a sum)."""
+    total, count = np.zeros(lead + (dim,)), 0
+    for h in batches:
+        _check(lambda: chex.assert_shape(h, lead + (None, dim)),
+               f"ood features must be [*{list(lead)}, M, {dim}]; got shape {list(np.shape(h))}")
+        total += np.sum(np.asarray(h, np.float64), axis=-2)
+        count += np.shape(h)[-2]
+    if count == 0:
+        raise errors.DataError("the out-of-distribution stream is empty: nc5 needs features")
+    return ClassStats(count=np.full(lead + (1,), count), mean=(total / count)[..., None, :], scatter=None,
+                      sq_dev=np.zeros(lead + (1,)), out_of_range=np.zeros(lead, np.int32))
+
+
+def nc4_counts(features, labels, stats: ClassStats, weight, bias=None) -> jax.Array:
+    """[mismatches, samples] of one batch [B, D] (on device); summed over batches, their ratio is ``nc4``.
+
+    The classifier's argmax and the nearest-class-mean rule are both taken over
+    the classes that have samples. Negative labels mark padding.
+    """
+    num_classes, dim = stats.mean.shape[-2:]
+    check_batch(features, labels, num_classes, dim, ())
+    _check(lambda: chex.assert_shape(weight, (num_classes, dim)),
+           f"weight must be [num_classes, dim] = [{num_classes}, {dim}] (rows are classes; transpose a Flax "
+           f"Dense kernel); got shape {np.shape(weight)}")
+    bias = jnp.zeros((num_classes,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+    return _nc4_counts(jnp.asarray(features), jnp.asarray(labels, jnp.int32), stats, jnp.asarray(weight), bias)
+
+
+@jax.jit
+def _nc4_counts(features, labels, stats: ClassStats, weight, bias):
+    ref = reference(stats)._replace(gram=None)  # nc4 needs no K×K projections
+    zero = jnp.zeros((), jnp.int32)
+    second = SecondPassStats(zero, zero, None, zero, jnp.zeros((), jnp.float32))
+    second = accumulate_second(second, ref, features, labels, weight, bias)
+    return jnp.stack([second.nc4_mismatch, second.count])
+
+
+def nc1_per_block(features, labels, num_classes: int) -> np.ndarray:
+    """``nc1`` of every block's output, features [L, N, D] sharing labels [N] (one vmapped pass)."""
+    return metrics(class_stats(features, np.asarray(labels, np.int32), num_classes))["nc1"]
+
+
+# ----------------------------------------------------------------- whole data sets
+
+
+def measure(features, labels, num_classes: int, weight=None, bias=None, chunk: int = 4096, *,
+            ood_features=None, covariance: bool = False) -> dict:
+    """Every collapse metric of features [N, D] (or [L, N, D] per layer) with labels [N], in one call.
+
+    Streams the arrays in ``chunk``-row slices (memory-mapped arrays are fine:
+    nothing beyond a chunk is read at once), two passes. Without ``weight`` the
+    classifier metrics are left out; ``ood_features`` [M, D] (or [L, M, D]) adds
+    ``nc5``; ``covariance=True`` accumulates the D×D scatter (N·D² work) for
+    ``effective_rank_features``. Returns floats, or for [L, N, D] a list per
+    classifier-free metric (one value per layer) and floats for the classifier
+    metrics, which use the last layer ``features[-1]`` as the classifier's input.
+    """
+    labels = np.asarray(labels)
+    features = features if hasattr(features, "shape") and hasattr(features, "dtype") else np.asarray(features)
+    if np.ndim(features) not in (2, 3) or labels.shape != np.shape(features)[-2:-1]:
+        raise errors.DataError(f"measure needs features [N, D] or [L, N, D] and labels [N]; "
+                               f"got {list(np.shape(features))} and {list(labels.shape)}")
+    if num_classes < 2:
+        raise errors.DataError(f"num_classes must be at least 2; got {num_classes}")
+    check_batch(features, labels, num_classes, padding=False)
+    if np.unique(labels).size < 2:
+        raise errors.DataError(f"collapse metrics need samples of at least two classes; "
+                               f"got labels {np.unique(labels).tolist()}")
+    if chunk < 1:
+        raise errors.DataError(f"chunk must be a positive number of rows; got {chunk}")
+
+    def slices(array, with_labels):
+        n = np.shape(array)[-2]
+        for start in range(0, n, chunk):
+            h = array[..., start:start + chunk, :]
+            y = labels[start:start + chunk] if with_labels else np.zeros(np.shape(h)[-2], np.int32)
+            yield h, y
+
+    make_ood = None if ood_features is None else (lambda: (h for h, _ in slices(ood_features, False)))
+    return measure_batches(lambda: slices(features, True), num_classes, weight, bias,
+                           make_ood_batches=make_ood, covariance=covariance)
+
+
+def measure_batches(make_batches: Callable[[], Iterable[tuple]], num_classes: int, weight=None, bias=None, *,
+                    make_ood_batches: Callable[[], Iterable] | None = None, covariance: bool = False) -> dict:
+    """Every collapse metric of a data stream too big to hold: two passes over ``make_batches()``.
+
+    ``make_batches`` returns a fresh iterable of ``(features [B, D] or [L, B, D],
+    labels [B])`` each time it is called (pass 1 accumulates statistics, pass 2
+    compares every sample with the final class means). ``make_ood_batches``
+    likewise yields out-of-distribution features alone (for ``nc5``). The
+    ``nc1`` route is the cheaper one (:func:`ncjax.collapse.prefer_scatter`)
+    unless ``covariance`` asks for the scatter. Return values as in :func:`measure`.
+    """
+    iterator = iter(make_batches())
+    first = next(iterator, None)
+    if first is None:
+        raise errors.DataError("measure_batches got no batches: there is nothing to measure")
+    shape = np.shape(first[0])
+    lead, dim = tuple(shape[:-2]), shape[-1]
+    scatter = covariance or prefer_scatter(num_classes, dim)
+    stats = _first_pass(empty_stats(num_classes, dim, lead, scatter=scatter), itertools.chain([first], iterator))
+    if int(np.sum(stats.count)) == 0:
+        raise errors.DataError("measure_batches: every label was padding; there is nothing to measure")
+    ood = None if make_ood_batches is None else _ood_stats(make_ood_batches(), dim, lead)
+    layered = bool(lead)
+    second = empty_second(stats, classifier=weight is not None and not layered)
+    final = None
+    if weight is not None:
+        weight = jnp.asarray(weight, jnp.float32)
+        bias = jnp.zeros(weight.shape[:-1], jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
+        _check(lambda: chex.assert_shape(weight, (num_classes, dim)),
+               f"weight must be [num_classes, dim] = [{num_classes}, {dim}] (rows are classes; transpose a "
+               f"Flax Dense kernel); got shape {list(weight.shape)}")
+        _check(lambda: chex.assert_shape(bias, (num_classes,)),
+               f"bias must have shape [{num_classes}]; got {list(bias.shape)}")
+        if layered:
+            last = lambda tree: jax.tree.map(lambda x: x[(-1,) * len(lead)], tree)  # noqa: E731
+            final = (last(stats), empty_second(last(stats), classifier=True))
+    rows = piece_rows(int(np.prod(lead, dtype=int)), dim, num_classes)
+    for index, (h, y) in enumerate(_pieces(make_batches(), rows)):
+        if index % IN_FLIGHT == 0:
+            jax.block_until_ready(second)
+        if layered:
+            second = _pass2_donating(second, stats, h, y)
+            if final is not None:
+                final = (final[0], _pass2_donating(final[1], final[0], h[(-1,) * len(lead)], y, weight, bias))
+        else:
+            second = _pass2_donating(second, stats, h, y, weight, bias)
+
+    values = as_json(metrics(stats, None if layered else weight, bias, second=second, ood=ood))
+    if final is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # already said for every layer above
+            last_layer = as_json(metrics(final[0], weight, bias, second=final[1]))
+        values.update({name: value for name, value in last_layer.items() if name in CLASSIFIER})
+    return values
