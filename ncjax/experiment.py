@@ -58,6 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.evaluate = ml_collections.ConfigDict(dict(
         every_steps=config_dict.placeholder(int),  # evaluate this often; None = at every checkpoint
         gradient_norm=False,  # also the full-batch gradient norm of the objective (one backward pass per point)
+        per_block="all",  # every classifier-free collapse metric of every block's output | nc1 (and ncc_accuracy)
     ))
     c.log_every_steps = 50  # train_log.jsonl and TensorBoard: loss, its parts, gradient norm
     c.steps_per_call = 1000  # most train steps in one compiled call (blocks also end at log/checkpoint steps)
@@ -108,6 +109,8 @@ def _validate_values(c: ml_collections.ConfigDict) -> None:
         _fail(f"checkpoint.every_steps={c.checkpoint.every_steps!r} must be a positive integer")
     if c.checkpoint.max_to_keep is not None and c.checkpoint.max_to_keep < 1:
         _fail(f"checkpoint.max_to_keep={c.checkpoint.max_to_keep!r} must be >= 1 (or unset to keep all)")
+    if c.evaluate.per_block not in ("all", "nc1"):
+        _fail(f"evaluate.per_block={c.evaluate.per_block!r}: choose all or nc1")
     if c.evaluate.every_steps is not None and c.evaluate.every_steps < 1:
         _fail(f"evaluate.every_steps={c.evaluate.every_steps!r} must be a positive integer (or unset)")
     for field in ("eval_batch_size", "log_every_steps", "steps_per_call"):

@@ -94,7 +94,8 @@ def against_axis(rows, slopes, axis: str, panel: dict[str, Any], families: dict[
     accuracies = [m for m in ACCURACIES if any(isinstance(r.get(m), float) for r in mine)]
     if accuracies:
         shown["Accuracy"] = accuracies
-    rows_, cols = (1, len(shown)) if len(shown) < 3 else (2, 2) if len(shown) == 4 else (2, 3)
+    cols = len(shown) if len(shown) < 3 else 2 if len(shown) == 4 else 3
+    rows_ = -(-len(shown) // cols)
     fig, axes = plt.subplots(rows_, cols, figsize=(5.4 * cols, 5.2 * rows_), dpi=100, squeeze=False)
     for ax in axes.flat[len(shown):]:
         ax.set_visible(False)

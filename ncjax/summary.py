@@ -36,6 +36,7 @@ FAMILIES = {
     "NC2": ("nc2_etf_w", "nc2_etf", "nc2_ortho", "nc2_equinorm", "nc2_equiangle", "gnc2_log", "gnc2_dist"),
     "NC3 / NC4": ("nc3_cos", "nc3", "unc3", "nc4"),
     "UFM": ("ufm_gap_relative", "ufm_distance"),
+    "Linear head": ("balancedness",),
 }
 RUN_COLUMNS = ("seed", "status", "reason", "step", "epoch", "train_loss", "train_accuracy", "test_loss",
                "test_accuracy", "l2_penalty", "objective")

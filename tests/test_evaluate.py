@@ -61,8 +61,12 @@ def test_lines_equal_direct_computations(setup):
         want = reference_metrics(features, dataset.train_y, K, weight, bias)
         for name, value in want.items():
             assert line[name] == pytest.approx(value, rel=2e-4, abs=1e-6), name
-        per_block = [reference_metrics(b, dataset.train_y, K)["nc1"] for b in np.asarray(blocks)]
-        np.testing.assert_allclose(line["nc1_per_block"], per_block, rtol=2e-4)
+        per_block = [reference_metrics(b, dataset.train_y, K) for b in np.asarray(blocks)]
+        compared = [name for name in per_block[0] if f"{name}_per_block" in line]
+        assert {"nc1", "nc1_quotient", "cdnv", "nc2_etf", "ncc_accuracy"} <= set(compared)
+        for name in compared:
+            np.testing.assert_allclose(line[f"{name}_per_block"], [b[name] for b in per_block], rtol=2e-4,
+                                       atol=1e-6, err_msg=name)
         penalty = float(objective.l2_penalty(params))
         assert line["l2_penalty"] == pytest.approx(penalty, rel=1e-5)
         assert line["objective"] == pytest.approx(ce.mean() + hyper.l2[m] * penalty, rel=1e-5)
@@ -84,3 +88,30 @@ def test_resident_and_streamed_splits_agree(setup):
         assert set(a) == set(b)
         for key, value in a.items():
             np.testing.assert_allclose(b[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+
+
+def test_a_linear_head_reports_its_balancedness(tmp_path):
+    """balancedness of consecutive linear layers (out × in), written out with NumPy."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(64, 5)).astype(np.float32)
+    y = (np.arange(64) % 3).astype(np.int32)
+    dataset = data.Dataset(x, y, None, None, 3, "vector", "noise")
+    c = experiment.base_config()
+    c.model.update(name="mlp", depth=1, width=8, num_classes=3, input="vector", head_depth=2)
+    c.train.batch_size, c.eval_batch_size = 32, 32
+    mesh = parallel.make_mesh()
+    module = models.build(c.model)
+    hyper = train.Hyper.of([0], [0.01], [0.01], [1])
+    program = train.Program(module, c.train, feeds.choose("device", dataset, 32, mesh), mesh, 4, x[:1], hyper)
+    state = program.init()
+    evaluator = evaluate.build(module, dataset, c, mesh, hyper, packed=False,
+                               abstract_params=program.abstract_state.params)
+    try:
+        (line,) = evaluator(0, state.params, [dict(seed=0)])
+    finally:
+        evaluator.close()
+    head = jax.device_get(state.params["head"])
+    kernels = [np.asarray(head[n]["kernel"][0], np.float64).T for n in ("linear_head_0", "linear_head_1", "classifier")]
+    want = [np.linalg.norm(b.T @ b - a @ a.T) / np.linalg.norm(a @ a.T) for a, b in zip(kernels, kernels[1:])]
+    np.testing.assert_allclose(line["balancedness_per_layer"], want, rtol=1e-6)
+    assert line["balancedness"] == pytest.approx(np.mean(want))

@@ -8,6 +8,7 @@ Each evaluator is a plug-in that adds keys to every member's metrics line:
   the features that enter the classifier and every block's output (two passes: the
   statistics, then ``nc4`` against the final class means);
 - :class:`Penalty`: ‖θ‖² and the full objective;
+- :class:`Balancedness` (a model with a linear head): how balanced its linear layers are;
 - :class:`AgainstUFM`: distance and objective gap to the unconstrained-features optimum;
 - :class:`GradientNorm` (``evaluate.gradient_norm``): the full-batch gradient norm of the objective;
 - :class:`TestSet`: test loss and accuracy, when the data has a test split.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import re
+import warnings
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -162,62 +164,107 @@ class Model:
 
 
 class TrainSet(Evaluator):
-    """Training loss and accuracy, and the collapse metrics of the final features and of every block."""
+    """Training loss and accuracy, and the collapse metrics of the final features and of every block.
 
-    def __init__(self, model: Model, split: Split, train_config: ml_collections.ConfigDict, num_classes: int):
-        self.model, self.split, self.k = model, split, num_classes
+    ``ncjax.collapse``'s two passes over the training set: pass 1 the class statistics of the
+    features and of every block's output (and the loss sums), pass 2 what needs the final class
+    means (``nc4``, ``nc3_cos``, the nearest-class-centre accuracy of every block, and ``nc1``
+    through K×K projections when K ≤ width). Every metric of the final features goes in the line
+    under its name; per block (``<metric>_per_block``, one value per block of the run) the
+    classifier-free ones (``evaluate.per_block``: ``all``, or ``nc1`` alone). A metric NaN by
+    definition (NC2 on centred means with two classes; nc1 when every class mean coincides) is
+    recorded with its reason under ``undefined``.
+    """
+
+    def __init__(self, model: Model, split: Split, train_config: ml_collections.ConfigDict, num_classes: int,
+                 per_block: str):
+        self.model, self.split, self.k, self.per_block = model, split, num_classes, per_block
         c = train_config
-        fold = jax.vmap(_fold_features, in_axes=(0, 0, None))
+        forward = jax.vmap(model.forward, in_axes=(0, 0, None))
 
         def first(carry, consts, x, y):
             stats, block_stats, sums = carry
             params, depth = consts
-            logits, features, blocks = jax.vmap(model.forward, in_axes=(0, 0, None))(params, depth, x)
-            stats, block_stats = fold(stats, features, y), fold(block_stats, blocks, y)
+            logits, features, blocks = forward(params, depth, x)
+            stats, block_stats = collapse.accumulate(stats, features, y), collapse.accumulate(block_stats, blocks, y)
             sums = sums + jax.vmap(_loss_sums, in_axes=(0, None, None, None))(logits, y, c.loss, c.mse_target_scale)
             return stats, block_stats, sums
 
-        def second(counts, consts, x, y):
-            params, depth, stats = consts
-            _, features, _ = jax.vmap(model.forward, in_axes=(0, 0, None))(params, depth, x)
+        def second(carry, consts, x, y):
+            final, blocks_second = carry
+            params, depth, reference, block_reference = consts
+            logits, features, blocks = forward(params, depth, x)
             weight, bias = jax.vmap(models.classifier_weights)(params)
-            return counts + jax.vmap(collapse.nc4_counts, in_axes=(0, None, 0, 0, 0))(features, y, stats, weight, bias)
+            final = collapse.accumulate_second(final, reference, features, y, weight, bias, logits)
+            return final, collapse.accumulate_second(blocks_second, block_reference, blocks, y)
 
         self._first, self._second = Pass(first, split), Pass(second, split)
-        shapes = jax.eval_shape(jax.vmap(model.forward, in_axes=(0, 0, None)), model.abstract_params,
-                                model.depth_array, jax.ShapeDtypeStruct((1, *split.host[0].shape[1:]),
-                                                                        split.host[0].dtype))
-        self._width, (self._depth, self._block_width) = shapes[1].shape[-1], (shapes[2].shape[1],
-                                                                              shapes[2].shape[-1])
+        self._reference = jax.jit(lambda s, b: (collapse.reference(s), collapse.reference(b)))
+        shapes = jax.eval_shape(forward, model.abstract_params, model.depth_array,
+                                jax.ShapeDtypeStruct((1, *split.host[0].shape[1:]), split.host[0].dtype))
+        self._width, self._depth, self._block_width = shapes[1].shape[-1], shapes[2].shape[1], shapes[2].shape[-1]
+        self._bias = "bias" in jax.eval_shape(lambda p: p["head"]["classifier"], model.abstract_params)
 
     def _empty(self):
-        m = self.model.members
-        return (collapse.empty_stats(self.k, self._width, (m,)),
-                collapse.empty_stats(self.k, self._block_width, (m, self._depth)),
+        m, k = self.model.members, self.k
+        # The final features keep their D×D scatter (the effective rank of their covariance needs it);
+        # the blocks take the cheaper route (no L×D×D array when K ≤ width).
+        return (collapse.empty_stats(k, self._width, (m,), scatter=True),
+                collapse.empty_stats(k, self._block_width, (m, self._depth),
+                                     scatter=collapse.prefer_scatter(k, self._block_width)),
                 jnp.zeros((m, 3), jnp.float32))
+
+    def _empty_second(self, stats, block_stats):
+        return collapse.empty_second(stats, classifier=True), collapse.empty_second(block_stats)
 
     def compile(self) -> None:
         params, depth = self.model.abstract_params, self.model.depth_array
         carry = self._empty()
         self._first.compile(carry, (params, depth))
-        self._second.compile(jnp.zeros((self.model.members, 2), jnp.int32), (params, depth, carry[0]))
+        references = jax.eval_shape(self._reference, carry[0], carry[1])
+        self._second.compile(jax.eval_shape(self._empty_second, carry[0], carry[1]), (params, depth) + references)
 
     def __call__(self, checkpoint: Checkpoint) -> None:
         consts = (checkpoint.params, self.model.depth_array)
         stats, block_stats, sums = self._first(self._empty(), consts)
-        counts = self._second(jnp.zeros((self.model.members, 2), jnp.int32), consts + (stats,))
+        references = self._reference(stats, block_stats)
+        final, blocks = self._second(self._empty_second(stats, block_stats), consts + references)
         weight, bias = _classifiers(checkpoint.params)
-        stats, block_stats, sums, counts = jax.device_get((stats, block_stats, sums, counts))
+        stats, block_stats, sums, final, blocks = jax.device_get((stats, block_stats, sums, final, blocks))
+        with warnings.catch_warnings(record=True) as undefined:
+            warnings.simplefilter("always", collapse.UndefinedMetricWarning)
+            values = collapse.metrics(stats, weight, bias if self._bias else None, second=final)
+            per_block = collapse.metrics(block_stats, second=blocks)
+        reasons = "; ".join(sorted({str(w.message) for w in undefined
+                                    if issubclass(w.category, collapse.UndefinedMetricWarning)}))
+        names = [n for n in collapse.CLASSIFIER_FREE if n in per_block]
+        if self.per_block == "nc1":
+            names = [n for n in names if n in ("nc1", "ncc_accuracy")]
         sums = np.asarray(sums, np.float64)
-        block_metrics = collapse.metrics(block_stats)
         for m, line in enumerate(checkpoint.lines):
-            one = jax.tree.map(lambda a: a[m], stats)
             line.update(train_loss=sums[m, 0] / sums[m, 2], train_accuracy=sums[m, 1] / sums[m, 2])
-            line.update({k: float(v) for k, v in collapse.metrics(one, weight[m], None if bias is None
-                                                                     else bias[m]).items()})
-            line["nc4"] = counts[m, 0] / counts[m, 1]
-            line["nc1_per_block"] = [float(v) for v in block_metrics["nc1"][m, :self.model.depths[m]]]
+            line.update({name: float(v[m]) for name, v in values.items()})
+            depth = int(self.model.depths[m])
+            line.update({f"{name}_per_block": [float(v) for v in per_block[name][m, :depth]] for name in names})
+            if reasons:
+                line["undefined"] = reasons
         checkpoint.train_stats = stats
+
+
+class Balancedness(Evaluator):
+    """``balancedness_per_layer``: ‖W_{l+1}ᵀW_{l+1} − W_l W_lᵀ‖_F / ‖W_l W_lᵀ‖_F for every consecutive pair
+    of the linear layers that end the network (the ``head_depth`` linear head, then the classifier),
+    and ``balancedness`` their mean: 0 for a balanced head (Jacot et al., arXiv 2410.04887)."""
+
+    def __init__(self, head_depth: int):
+        self.names = [f"linear_head_{i}" for i in range(head_depth)] + ["classifier"]
+
+    def __call__(self, checkpoint: Checkpoint) -> None:
+        head = jax.device_get(checkpoint.params["head"])
+        for m, line in enumerate(checkpoint.lines):
+            kernels = [np.asarray(head[name]["kernel"][m], np.float64).T for name in self.names]  # out × in
+            values = np.asarray(collapse.balancedness(kernels), np.float64)
+            line.update(balancedness_per_layer=[float(v) for v in values], balancedness=float(values.mean()))
 
 
 def _penalty(model: Model, c: ml_collections.ConfigDict) -> Callable:
@@ -375,11 +422,6 @@ def _classifiers(params) -> tuple[np.ndarray, np.ndarray | None]:
     return np.swapaxes(head["kernel"], -1, -2), head.get("bias")
 
 
-def _fold_features(stats: collapse.ClassStats, features: jax.Array, labels: jax.Array) -> collapse.ClassStats:
-    """One member's batch (features [B, d] or [L, B, d]) folded into its statistics (pure, traceable)."""
-    return collapse._vmapped_over_leading(collapse._update_one, stats, features, labels)
-
-
 def _features_are_layernorm_outputs(model: ml_collections.ConfigDict) -> bool:
     """Whether the classifier sees a LayerNorm's output (UFM: zero mean, fixed norm) or not (a sphere)."""
     return model.name != "mlp" and model.head_depth == 0
@@ -396,9 +438,11 @@ def build(module: nn.Module, dataset: data.Dataset, config: ml_collections.Confi
     model = Model(module, hyper.depth, packed, abstract_params)
     train_split = Split(dataset.train_x, dataset.train_y, mesh, batch, resident, train_arrays)
     l2s = np.asarray(hyper.l2)
-    evaluators = [TrainSet(model, train_split, config.train, dataset.num_classes),
+    evaluators = [TrainSet(model, train_split, config.train, dataset.num_classes, config.evaluate.per_block),
                   Penalty(model, config.train, l2s),
                   AgainstUFM(config.train, l2s, layernorm=_features_are_layernorm_outputs(config.model))]
+    if config.model.head_depth:
+        evaluators.append(Balancedness(config.model.head_depth))
     if config.evaluate.gradient_norm:
         evaluators.append(GradientNorm(model, train_split, config.train, l2s))
     if dataset.test_x is not None:
