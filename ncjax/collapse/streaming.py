@@ -126,42 +126,40 @@ def stream_stats(batches: Iterable[tuple[jax.Array, jax.Array]], num_classes: in
 def _pieces(batches: Iterable, rows: int) -> Iterator[tuple]:
     """Re-cut ``(features [*lead, B, D], labels [B])`` batches into pieces of exactly ``rows`` rows.
 
-    Whole pieces pass through without a copy. Remainders are copied into a
-    ring of reused host buffers (fresh allocations cost more than the copy)
-    and sent to the device; the last piece is padded with label −1. A buffer
-    is refilled only once its previous transfer has completed (``device_put``
-    may copy asynchronously).
+    Whole pieces pass through without a copy; remainders are gathered into a
+    fresh host array per piece (``device_put`` may alias host memory, so a
+    buffer is never reused), and the last piece is padded with label −1.
     """
-    ring: list[tuple[np.ndarray, np.ndarray]] = []
-    sent: list = [None] * (IN_FLIGHT + 1)  # the device copies of each buffer's last contents
-    turn, filled = 0, 0
+    pending, filled = [], 0
     for h, y in batches:
         start, n = 0, y.shape[0]
         while start < n:
-            if not filled and n - start >= rows:
+            if not pending and n - start >= rows:
                 yield h[..., start:start + rows, :], y[start:start + rows]
                 start += rows
                 continue
-            if not ring:
-                shape = tuple(np.shape(h)[:-2]) + (rows, np.shape(h)[-1])
-                ring = [(np.empty(shape, np.asarray(h[..., :0, :]).dtype), np.empty(rows, np.int32))
-                        for _ in range(IN_FLIGHT + 1)]
-            h_buf, y_buf = ring[turn]
-            if not filled and sent[turn] is not None:
-                jax.block_until_ready(sent[turn])  # its last transfer is done: safe to overwrite
             take = min(rows - filled, n - start)
-            h_buf[..., filled:filled + take, :] = h[..., start:start + take, :]
-            y_buf[filled:filled + take] = y[start:start + take]
+            pending.append((h[..., start:start + take, :], y[start:start + take]))
             filled, start = filled + take, start + take
             if filled == rows:
-                sent[turn] = (jax.device_put(h_buf), jax.device_put(y_buf))
-                yield sent[turn]
-                turn, filled = (turn + 1) % len(ring), 0
-    if filled:
-        h_buf, y_buf = ring[turn]
-        h_buf[..., filled:, :] = 0
-        y_buf[filled:] = -1
-        yield jax.device_put(h_buf), jax.device_put(y_buf)
+                yield _joined(pending, rows)
+                pending, filled = [], 0
+    if pending:
+        yield _joined(pending, rows)
+
+
+def _joined(parts: list, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """One fresh ``rows``-row piece from parts, padded with zeros and label −1."""
+    first = np.asarray(parts[0][0])
+    h = np.zeros(first.shape[:-2] + (rows, first.shape[-1]), first.dtype)
+    y = np.full(rows, -1, np.int32)
+    filled = 0
+    for part_h, part_y in parts:
+        take = part_y.shape[0]
+        h[..., filled:filled + take, :] = part_h
+        y[filled:filled + take] = part_y
+        filled += take
+    return h, y
 
 
 def _checked(batches: Iterable, num_classes: int, dim: int, lead: tuple[int, ...]) -> Iterator[tuple]:
