@@ -71,7 +71,7 @@ def test_workdir_contract(finished):
         checkpoints = finished / f"depth_{depth:03d}" / "checkpoints"
         assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["20", "40"]
         params = load_params(finished, depth=depth, seed=1)
-        assert params["blocks"]["norm_1"]["scale"].shape[0] == depth  # one run's scanned blocks, no seed axis
+        assert params["blocks"]["attention"]["query"]["kernel"].shape[0] == depth  # one run's blocks, no seed axis
         assert not np.array_equal(params["embed"]["kernel"], load_params(finished, depth=depth, seed=0)["embed"]["kernel"])
     rows = list(csv.DictReader((finished / "summary.csv").open()))
     assert [(int(r["depth"]), int(r["seed"])) for r in rows] == [(1, 0), (1, 1), (2, 0), (2, 1)]
