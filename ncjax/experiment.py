@@ -124,6 +124,18 @@ def _validate_values(c: ml_collections.ConfigDict) -> None:
         _fail(str(error))
 
 
+def fit_model_to_data(model: ml_collections.ConfigDict, dataset: data.Dataset,
+                      num_classes: int | None = None) -> None:
+    """Set what the data decides in a model config: classes, input kind, vocabulary and length (in place)."""
+    model.num_classes = dataset.num_classes if num_classes is None else num_classes
+    if dataset.kind == "tokens":
+        model.input = "tokens"
+        model.vocab_size = dataset.vocab_size
+        model.max_len = max(model.max_len, dataset.train_x.shape[1] + 1)
+    else:
+        model.input = "vector" if dataset.kind == "vector" else "image"
+
+
 def parse_presets(arg: str | None, groups: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """Split a config argument like ``'quick,t12,pre'`` into one word per group.
 

@@ -42,7 +42,7 @@ import numpy as np
 from etils.epath import Path
 from tqdm import tqdm
 
-from ncjax import checkpoints, data, models, parallel, plan, records, train
+from ncjax import checkpoints, data, experiment, models, parallel, plan, records, train
 from ncjax.continual import config as continual_config
 from ncjax.continual import evaluation, methods, objective, report
 from ncjax.continual.etf import check_width, grow_etf, nearest_etf, random_etf
@@ -366,13 +366,7 @@ _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # a teacher that the
 def resolve(config: ml_collections.ConfigDict, dataset: data.Dataset, split: TaskSplit) -> ml_collections.ConfigDict:
     """The config with what the data decides filled in (classes of the split, input kind)."""
     config = ml_collections.ConfigDict(config.to_dict())
-    config.model.num_classes = split.num_classes
-    if dataset.kind == "tokens":
-        config.model.input = "tokens"
-        config.model.vocab_size = dataset.vocab_size
-        config.model.max_len = max(config.model.max_len, dataset.train_x.shape[1] + 1)
-    else:
-        config.model.input = "vector" if dataset.kind == "vector" else "image"
+    experiment.fit_model_to_data(config.model, dataset, num_classes=split.num_classes)
     continual_config.validate(config)
     return config
 

@@ -47,15 +47,7 @@ class StopFlag:
 def resolve(config: ml_collections.ConfigDict, dataset: data.Dataset) -> ml_collections.ConfigDict:
     """The config with what the data decides filled in (classes, input kind, vocabulary)."""
     config = ml_collections.ConfigDict(config.to_dict())
-    config.model.num_classes = dataset.num_classes
-    if dataset.kind == "tokens":
-        config.model.input = "tokens"
-        config.model.vocab_size = dataset.vocab_size
-        config.model.max_len = max(config.model.max_len, dataset.train_x.shape[1] + 1)
-    elif dataset.kind == "vector":
-        config.model.input = "vector"
-    else:
-        config.model.input = "image"
+    experiment.fit_model_to_data(config.model, dataset)
     experiment.validate(config)
     return config
 
