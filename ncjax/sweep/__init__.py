@@ -93,7 +93,7 @@ class GroupRun:
             return self.program.init(), 0
         abstract = self.program.abstract_state
         params, opt_state, meta = self.checkpoints.restore(step, abstract.params, abstract.opt_state)
-        expected = self._meta(meta["step"])
+        expected = json.loads(json.dumps(self._meta(meta["step"])))  # as stored: tuples are lists
         for key in ("steps_per_epoch", "num_train", "members"):
             if meta.get(key) != expected[key]:
                 raise WorkdirError(
