@@ -16,8 +16,10 @@ import pytest
 from ncjax.checkpoints import load_params
 
 REPO = Path(__file__).resolve().parents[1]
-QUICK = ["--config=configs/vit_depth.py:quick", "--config.train.steps=40", "--config.checkpoint.every_steps=20",
-         "--config.progress=False", "--config.data.n_per_class=24"]
+# L-RN1's quick preset as it is (60 steps, checkpoints every 30, logs every 10): every run of this file, and
+# the notebook's, compile the same programs and share them through the session's compilation cache.
+QUICK = ["--config=configs/resnet_depth.py:quick", "--config.progress=False"]
+VIT = ["--config=configs/vit_depth.py:quick", "--config.progress=False"]  # transformer-only checks
 METRIC_KEYS = {"step", "epoch", "depth", "seed", "train_loss", "l2_penalty", "train_accuracy", "test_accuracy",
                "nc1", "nc1_quotient", "cdnv", "nc2_equinorm", "nc2_equiangle", "nc2_etf", "nc2_etf_w", "nc3",
                "nc4", "nc1_per_block", "ufm_gap", "ufm_distance"}
@@ -54,7 +56,7 @@ def test_workdir_contract(finished):
         for seed in (0, 1):
             run = finished / f"depth_{depth:03d}" / f"seed_{seed}"
             lines = metrics_lines(run)
-            assert [line["step"] for line in lines] == [20, 40]
+            assert [line["step"] for line in lines] == [30, 60]
             for line in lines:
                 assert METRIC_KEYS <= set(line)
                 assert line["depth"] == depth and line["seed"] == seed
@@ -65,13 +67,13 @@ def test_workdir_contract(finished):
                 assert 0 <= line["nc4"] <= 1 and 0 <= line["train_accuracy"] <= 1
             assert any((run / "tensorboard").iterdir())
             log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
-            assert [r["step"] for r in log] == [10, 20, 30, 40]
+            assert [r["step"] for r in log] == [10, 20, 30, 40, 50, 60]
             assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in log)
         # all seeds of a depth in one atomic checkpoint step
         checkpoints = finished / f"depth_{depth:03d}" / "checkpoints"
-        assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["20", "40"]
+        assert sorted(p.name for p in checkpoints.iterdir() if p.name.isdigit()) == ["30", "60"]
         params = load_params(finished, depth=depth, seed=1)
-        assert params["blocks"]["attention"]["query"]["kernel"].shape[0] == depth  # one run's blocks, no seed axis
+        assert params["blocks"]["linear"]["kernel"].shape[0] == depth  # one run's blocks, no seed axis
         assert not np.array_equal(params["embed"]["kernel"], load_params(finished, depth=depth, seed=0)["embed"]["kernel"])
     rows = list(csv.DictReader((finished / "summary.csv").open()))
     assert [(int(r["depth"]), int(r["seed"])) for r in rows] == [(1, 0), (1, 1), (2, 0), (2, 1)]
@@ -116,7 +118,7 @@ def _until(process, event, timeout=300):
 def test_sigterm_saves_and_the_resumed_run_matches(finished, tmp_path):
     workdir = tmp_path / "w"
     process = _start(workdir, *QUICK, "--config.depths=(2,)")
-    _until(process, lambda: (workdir / "depth_002" / "checkpoints" / "20").is_dir())
+    _until(process, lambda: (workdir / "depth_002" / "checkpoints" / "30").is_dir())
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0 and "preempted" in err, err[-2000:]
@@ -125,13 +127,12 @@ def test_sigterm_saves_and_the_resumed_run_matches(finished, tmp_path):
         resumed = metrics_lines(workdir / "depth_002" / f"seed_{seed}")
         straight = metrics_lines(finished / "depth_002" / f"seed_{seed}")
         # a SIGTERM checkpoint lands between the regular ones and is evaluated like them
-        assert [r for r in resumed if r["step"] in (20, 40)] == straight  # bit-identical, data order included
+        assert [r for r in resumed if r["step"] in (30, 60)] == straight  # bit-identical, data order included
 
 
-# Many checkpoints, blocks and log lines, so that kills land in every phase of a run.
-KILLED = ["--config=configs/resnet_depth.py:quick", "--config.depths=(1,2)", "--config.train.steps=48",
-          "--config.checkpoint.every_steps=8", "--config.log_every_steps=4", "--config.steps_per_call=4",
-          "--config.progress=False", "--config.data.n_per_class=24"]
+# Checkpoints (and evaluations) every block of 10 steps, so that kills land in every phase of a run; the same
+# compiled programs as QUICK (checkpoint cadence is a runtime setting).
+KILLED = [*QUICK, "--config.depths=(1,2)", "--config.checkpoint.every_steps=10"]
 
 
 def _files(workdir, pattern):
@@ -193,7 +194,7 @@ def test_kill_9_at_many_instants_then_the_same_result(tmp_path):
     ],
 )
 def test_bad_config_values_are_one_line_errors(tmp_path, override, message):
-    result = ncjax(*QUICK, override, f"--workdir={tmp_path / 'w'}", check=2)
+    result = ncjax(*VIT, override, f"--workdir={tmp_path / 'w'}", check=2)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr
     assert not (tmp_path / "w").exists()
@@ -223,7 +224,7 @@ def test_workdir_of_another_config_is_refused(finished):
 def test_corrupted_checkpoint_is_refused_and_kept(finished, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(finished, workdir)
-    state = workdir / "depth_001" / "checkpoints" / "40" / "params"
+    state = workdir / "depth_001" / "checkpoints" / "60" / "params"
     for path in state.rglob("*"):
         if path.is_file() and path.stat().st_size > 0 and "metadata" not in path.name:
             path.write_bytes(b"\0garbage" * 3)
@@ -248,7 +249,7 @@ def test_rerun_with_other_runtime_settings_resumes(finished, tmp_path):
     workdir = tmp_path / "w"
     shutil.copytree(finished, workdir)
     before = {run: metrics_lines(run) for run in workdir.glob("depth_*/seed_*")}
-    ncjax(*QUICK, "--config.depths=(1,2)", "--config.train.steps=60", f"--workdir={workdir}", check=2)  # experiment
+    ncjax(*QUICK, "--config.depths=(1,2)", "--config.train.steps=90", f"--workdir={workdir}", check=2)  # experiment
     ncjax(*QUICK, "--config.depths=(1,2)", "--config.eval_batch_size=64", "--config.mesh.data=2",
           "--config.mesh.fsdp=4", "--config.log_every_steps=5", "--config.steps_per_call=3",
           f"--workdir={workdir}", check=0)

@@ -22,7 +22,7 @@ from ncjax import parallel
 REPO = Path(__file__).resolve().parents[1]
 TPU = REPO / "launch" / "tpu_vm.sh"
 SLURM = REPO / "launch" / "slurm_gpu.sbatch"
-QUICK = ["--config=configs/vit_depth.py:quick", "--config.depths=(1,)", "--config.train.steps=20",
+QUICK = ["--config=configs/resnet_depth.py:quick", "--config.depths=(1,)", "--config.train.steps=20",
          "--config.checkpoint.every_steps=10", "--config.progress=False", "--config.data.n_per_class=24"]
 
 

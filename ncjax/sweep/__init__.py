@@ -72,10 +72,19 @@ class GroupRun:
                                      packed=group.packed)
         self.checkpoints = checkpoints.GroupCheckpoints(workdir / group.name, config.checkpoint.max_to_keep,
                                                         read_only=read_only)
-        self.evaluator = evaluate.build(self.module, dataset, config, mesh, hyper, packed=group.packed,
-                                        abstract_params=self.program.abstract_state.params,
-                                        train_arrays=feed.arrays if feed.on_device else None)
+        self._evaluator_args = (dataset, mesh, hyper, feed)
+        self._evaluator: evaluate.GroupEvaluator | None = None
         self.diverged = np.zeros(len(group.runs), np.int64)  # diverged_at of every member; 0 = never
+
+    @property
+    def evaluator(self) -> evaluate.GroupEvaluator:
+        """Built (and compiled in the background) on first use: a finished group needs none."""
+        if self._evaluator is None:
+            dataset, mesh, hyper, feed = self._evaluator_args
+            self._evaluator = evaluate.build(self.module, dataset, self.config, mesh, hyper, packed=self.group.packed,
+                                             abstract_params=self.program.abstract_state.params,
+                                             train_arrays=feed.arrays if feed.on_device else None)
+        return self._evaluator
 
     # ---------------------------------------------------------------- state
 
@@ -157,6 +166,7 @@ class GroupRun:
             self.evaluate(start, state.params)  # killed between a save and its evaluation
         if start >= self.total_steps or self.diverged.all():
             return
+        _ = self.evaluator  # built now, so that its programs compile while the first block trains
         writers = _writers(self.runs)
         try:
             self._train(stop, state, start, writers)
@@ -224,7 +234,8 @@ class GroupRun:
     def close(self) -> None:
         self.checkpoints.wait()
         self.checkpoints.close()
-        self.evaluator.close()
+        if self._evaluator is not None:
+            self._evaluator.close()
 
 
 def _writers(runs):
