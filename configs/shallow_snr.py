@@ -54,5 +54,6 @@ def get_config(arg=None):
                    ("model.width", (256,)))
         c.train.epochs = 400
         c.checkpoint.every_steps = 2000
+        c.evaluate.every_steps = 200  # collapse along training too (small nets: cheap)
         c.log_every_steps = 100
     return c

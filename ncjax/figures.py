@@ -250,17 +250,33 @@ def against_loss(runs_lines, path: Path, title: str) -> None:
 
 def write(workdir: Path, rows, slopes, *, axis: str, others: list[str], families: dict[str, tuple[str, ...]],
           title: str) -> None:
-    """Every figure the workdir's runs support (``families``: the panels of the against-axis figures)."""
-    axes = ([axis] if axis in rows[0] else []) + others
-    panels = sorted({tuple((k, r.get(k)) for k in others) for r in rows}, key=repr)
-    if axis in rows[0] and len({r[axis] for r in rows}) > 1:
-        for panel in panels:
-            name = f"nc_vs_{axis.split('.')[-1]}" + (f"-{_panel_name(dict(panel))}" if panel else "")
-            against_axis(rows, slopes, axis, dict(panel), families, workdir / f"{name}.png", title)
-    runs_lines = [records.read_metrics(run) for run in records.run_folders(workdir)]
-    against_steps(runs_lines, axes, workdir / "collapse_vs_steps.png", title)
-    if any(r.get("nc1_per_block") for r in rows):
-        against_block(rows, axes, workdir / "nc1_vs_block.png", title)
-    if any("gradient_norm" in line for lines in runs_lines for line in lines):
-        named = {f"{run.parent.name}/{run.name}": lines for run, lines in zip(records.run_folders(workdir), runs_lines)}
-        against_loss(named, workdir / "collapse_vs_loss.png", title)
+    """Every figure the workdir's runs support (``families``: the panels of the against-axis figures).
+
+    One figure of each kind per panel, i.e. per combination of the values of the axes other than
+    the slope axis (``-<panel>`` in the file name), so that a figure never has more lines than the
+    slope axis has values.
+    """
+    lines_of = {}
+    for run in records.run_folders(workdir):
+        lines = records.read_metrics(run)
+        if lines:
+            lines_of[f"{run.parent.name}/{run.name}"] = lines
+    sloped = axis in rows[0]
+    line_axes = [axis] if sloped else others
+    panel_axes = others if sloped else []
+    panels = sorted({tuple((k, r.get(k)) for k in panel_axes) for r in rows}, key=repr)
+    for panel in panels:
+        suffix = f"-{_panel_name(dict(panel))}" if panel else ""
+        where = f"{title} — {_panel_name(dict(panel))}" if panel else title
+        mine = [r for r in rows if all(r.get(k) == v for k, v in panel)]
+        runs_lines = [lines for lines in lines_of.values() if all(lines[-1].get(k) == v for k, v in panel)]
+        if sloped and len({r[axis] for r in mine}) > 1:
+            against_axis(rows, slopes, axis, dict(panel), families, workdir / f"nc_vs_{axis.split('.')[-1]}{suffix}.png",
+                         title)
+        if any(len(lines) > 1 for lines in runs_lines):  # training time needs two evaluations at least
+            against_steps(runs_lines, line_axes, workdir / f"collapse_vs_steps{suffix}.png", where)
+        if any(r.get("nc1_per_block") for r in mine):
+            against_block(mine, line_axes, workdir / f"nc1_vs_block{suffix}.png", where)
+        if any("gradient_norm" in line for lines in runs_lines for line in lines):
+            named = {name: lines for name, lines in lines_of.items() if lines in runs_lines}
+            against_loss(named, workdir / f"collapse_vs_loss{suffix}.png", where)
