@@ -520,3 +520,25 @@ def test_streaming_equals_one_shot_with_ragged_tail():
         warnings.simplefilter("error")  # nothing to warn about here
         many = collapse.measure(h, y, 6, weight=w, bias=b, chunk=64)
     assert_close(many, one, rtol=1e-4)
+
+
+def test_nc1_of_nearly_low_rank_means_is_not_round_off():
+    """Class means nearly in a 3-dimensional subspace of 64 (a deep linear head does that) and float32
+    statistics: nc1 inverts only the between-class directions above max(K, D)·ε₃₂ of the largest, where
+    the within-class round-off cannot dominate; it is finite, ≥ 0, and equals the float64 value on them."""
+    rng = np.random.default_rng(3)
+    k, d, n = 10, 64, 100
+    basis = np.linalg.qr(rng.normal(size=(d, d)))[0]
+    means = rng.normal(size=(k, 3)) @ basis[:, :3].T * 5 + rng.normal(size=(k, d)) @ basis.T * 1e-5
+    y = np.repeat(np.arange(k), n)
+    h = (means[y] + rng.normal(size=(k * n, 3)) @ basis[:, :3].T).astype(np.float32)
+    value = collapse.measure(h, y, k)["nc1"]
+    h64 = np.asarray(h, np.float64)
+    mu = np.stack([h64[y == c].mean(0) for c in range(k)])
+    centred = mu - h64.mean(0)
+    within = sum((h64[y == c] - mu[c]).T @ (h64[y == c] - mu[c]) for c in range(k)) / len(y)
+    values, vectors = np.linalg.eigh(centred.T @ centred / k)  # Σ_B
+    keep = values > max(k, d) * np.finfo(np.float32).eps * values[-1]
+    want = np.sum([vectors[:, i] @ within @ vectors[:, i] / values[i] for i in np.flatnonzero(keep)]) / k
+    assert np.isfinite(value) and value >= 0
+    assert value == pytest.approx(want, rel=1e-3)
