@@ -13,7 +13,7 @@ measured alone ("stream") and subtracted from every figure.
     python benchmarks/collapse_speed.py --cases=vocab,blocks34,blocks256
 
 Cases: ``common`` N=50,000 D=512 K=100; ``wide`` N=50,000 D=2,048 K=1,000;
-``vocab`` N=200,000 D=1,024 K=16,384; ``blocks34`` L=34 D=64 N=5,000 K=10;
+``vocab`` N=200,000 D=1,024 K=16,384 (``vocab32k``: K=32,768, the accelerator size); ``blocks34`` L=34 D=64 N=5,000 K=10;
 ``blocks256`` L=256 D=768 N=10,000 K=100. ``--rhubarbwu`` is a directory that
 holds rhubarbwu's ``neural_collapse`` package (never part of this repository);
 torch must be importable. Compare on a quiet machine: under CPU contention
@@ -40,6 +40,7 @@ CASES = {
     "common": dict(n=50_000, d=512, k=100, batch=1_000, layers=0, repeats=5),
     "wide": dict(n=50_000, d=2_048, k=1_000, batch=1_000, layers=0, repeats=3),
     "vocab": dict(n=200_000, d=1_024, k=16_384, batch=1_000, layers=0, repeats=1),
+    "vocab32k": dict(n=200_000, d=1_024, k=32_768, batch=1_000, layers=0, repeats=1),
     "blocks34": dict(n=5_000, d=64, k=10, batch=1_000, layers=34, repeats=3),
     "blocks256": dict(n=10_000, d=768, k=100, batch=250, layers=256, repeats=2),
 }

@@ -4,7 +4,8 @@ L-RN1 (``configs/resnet_depth.py:paper`` architecture) at the paper's depths 2, 
 34 with 5 seeds on all 4,000 embedded training images, trained for a fixed number of epochs
 by ``ncjax.main``'s own sweep (checkpoints, evaluation and all), once with ``pack=False``
 (seven programs of five seeds) and once with ``pack=True`` (one program of 35 runs whose
-blocks beyond a run's depth are masked). Each mode runs twice, for E and 2E epochs: the
+blocks beyond a run's depth are masked). Each mode runs once untimed (one epoch), then for
+E and 2E epochs (``--repeats`` pairs), with no persistent compilation cache: the
 difference gives the steady rate (panel steps per second: every run of the panel takes one
 step), the rest the fixed cost (compilation, data, set-up), and 5,000 epochs are the fixed cost
 plus 5,000 times the per-epoch time.
@@ -21,13 +22,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import statistics
 import sys
 import tempfile
 import time
 
 import jax
 
-from ncjax import cli, data, experiment, sweep
+from ncjax import data, experiment, sweep
 
 IMAGES = 4000
 
@@ -46,24 +48,35 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--modes", default="separate,packed")
+    parser.add_argument("--repeats", type=int, default=1, help="pairs of lengths per mode (the median is printed)")
     args = parser.parse_args(argv)
-    cli.enable_compilation_cache()
+    # No persistent compilation cache: the second length would load what the first compiled, and the
+    # difference of the two walls (the per-epoch time) would absorb the compilation it skipped.
+    jax.config.update("jax_enable_compilation_cache", False)
     print(f"# {jax.default_backend()} × {jax.device_count()} ({jax.devices()[0].device_kind}), jax {jax.__version__}",
           flush=True)
     steps_per_epoch = data.feed.steps_per_epoch(IMAGES, 128)
     for mode in args.modes.split(","):
-        walls = []
-        for epochs in (args.epochs, 2 * args.epochs):  # two lengths: the per-epoch rate apart from fixed costs
-            with tempfile.TemporaryDirectory() as workdir:
-                start = time.perf_counter()
-                sweep.run(panel_config(epochs, pack=(mode == "packed")), workdir)
-                walls.append(time.perf_counter() - start)
-        per_epoch = (walls[1] - walls[0]) / args.epochs
-        fixed = walls[0] - args.epochs * per_epoch  # compilation, data, evaluation set-up
-        print(f"{mode:8s} panel (7 depths × 5 seeds, L-RN1, {IMAGES} images, batch 128): {args.epochs} epochs "
-              f"{walls[0]:.1f} s, {2 * args.epochs} epochs {walls[1]:.1f} s -> {steps_per_epoch / per_epoch:.2f} "
-              f"panel steps/s, fixed {fixed:.0f} s; 5,000 epochs: {(fixed + 5000 * per_epoch) / 60:.1f} min",
-              flush=True)
+        pack = mode == "packed"
+        wall(1, pack)  # untimed: a process's first run pays one-off costs (GPU autotuning, kernel loading)
+        per_epoch, fixed = [], []
+        for _ in range(args.repeats):
+            short, long = wall(args.epochs, pack), wall(2 * args.epochs, pack)
+            per_epoch.append((long - short) / args.epochs)
+            fixed.append(short - args.epochs * per_epoch[-1])  # compilation, data, evaluation set-up
+        per, fix = statistics.median(per_epoch), statistics.median(fixed)
+        print(f"{mode:8s} panel (7 depths × 5 seeds, L-RN1, {IMAGES} images, batch 128): {args.epochs} and "
+              f"{2 * args.epochs} epochs, median of {args.repeats}: {steps_per_epoch / per:.2f} panel steps/s, "
+              f"fixed {fix:.0f} s; 5,000 epochs: {(fix + 5000 * per) / 60:.1f} min", flush=True)
+
+
+def wall(epochs: int, pack: bool) -> float:
+    """Seconds of ``ncjax.main``'s sweep over the panel, from a fresh workdir."""
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        sweep.run(panel_config(epochs, pack), workdir)
+        return time.perf_counter() - start
+
 
 if __name__ == "__main__":
     sys.exit(main())

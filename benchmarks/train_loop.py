@@ -4,12 +4,11 @@ For each case, steps/s through the real trainer (``ncjax.sweep.GroupRun``: data 
 blocks of steps, the logging and checkpoint cadence of the default configs, evaluation of
 every checkpoint, Orbax saves) beside the compiled step alone on a batch already on the
 device (``Program.step``), and their ratio. Compilation is excluded from both: the trainer's
-programs are compiled before the clock starts. Then the wall time of a whole depth panel
-(``configs/resnet_depth.py`` with the paper's depths and 5 seeds on all embedded training
-images) for a fixed number of epochs, and that time extrapolated to 5,000 epochs.
+programs are compiled before the clock starts. The whole depth panel, end to end and
+extrapolated to 5,000 epochs, is ``benchmarks/panel.py``.
 
-    python benchmarks/train_loop.py                      # every case, then the panel
-    python benchmarks/train_loop.py --cases=latency --panel_epochs=0
+    python benchmarks/train_loop.py                      # every case
+    python benchmarks/train_loop.py --cases=latency
 
 Goal (issue 10): ratio ≥ 0.9 in every case.
 """
@@ -113,34 +112,16 @@ def run_case(name: str, repeats: int, bare_steps: int) -> None:
           f"bare step {statistics.median(bares):8.1f} steps/s  ratio {ratio:.3f}", flush=True)
 
 
-def run_panel(epochs: int) -> None:
-    config = load_config("resnet_depth.py", "rn1")
-    config.depths, config.seeds = experiment.PAPER_DEPTHS, (0, 1, 2, 3, 4)
-    config.data.n_per_class, config.train.epochs, config.train.steps = None, epochs, None
-    config.progress = False
-    with tempfile.TemporaryDirectory() as workdir:
-        start = time.perf_counter()
-        sweep.run(config, workdir)
-        wall = time.perf_counter() - start
-    steps = epochs * data.feed.steps_per_epoch(4000, config.train.batch_size) * len(config.depths)
-    print(f"panel    resnet_depth.py:rn1 depths {config.depths} 5 seeds, 4,000 images, {epochs} epochs: "
-          f"{wall:.1f} s wall ({steps / wall:.1f} group-steps/s, compilation included); "
-          f"5,000 epochs extrapolated: {wall * 5000 / epochs / 3600:.2f} h", flush=True)
-
-
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {', '.join(CASES)}")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--bare_steps", type=int, default=200)
-    parser.add_argument("--panel_epochs", type=int, default=3, help="0 skips the panel")
     args = parser.parse_args(argv)
     cli.enable_compilation_cache()
     print(f"# {jax.default_backend()} × {jax.device_count()}, jax {jax.__version__}", flush=True)
     for name in filter(None, args.cases.split(",")):
         run_case(name, args.repeats, args.bare_steps)
-    if args.panel_epochs:
-        run_panel(args.panel_epochs)
 
 
 if __name__ == "__main__":
