@@ -102,13 +102,15 @@ def against_axis(rows, slopes, axis: str, panel: dict[str, Any], families: dict[
     seeds = sorted({r["seed"] for r in mine})
     for ax, (family, metrics) in zip(axes.flat, shown.items()):
         linear = family == "Accuracy"  # in [0, 1], drawn as it is, not fitted
+        shown_value = (lambda v: isinstance(v, float) and math.isfinite(v)) if linear else _finite_positive
+        limits = None if linear else _log_limits([r[m] for m in metrics for r in mine
+                                                  if not r["failed"] and shown_value(r.get(m))])
         for index, metric in enumerate(metrics):
             color = f"C{index}"
-            shown_value = (lambda v: isinstance(v, float) and math.isfinite(v)) if linear else _finite_positive
             ok = [r for r in mine if not r["failed"] and shown_value(r.get(metric))]
             bad = [r for r in mine if r["failed"] and shown_value(r.get(metric))]
             ax.scatter([r[axis] for r in ok], [r[metric] for r in ok], s=10, color=color, alpha=0.45)
-            ax.scatter([r[axis] for r in bad], [r[metric] for r in bad], s=24, marker="x", color=color, alpha=0.5)
+            _scatter_failed(ax, [r[axis] for r in bad], [r[metric] for r in bad], limits, color)
             mean = [np.mean([r[metric] for r in ok if r[axis] == x] or [np.nan]) for x in xs]
             fit = None if linear else _slope_row(slopes, panel, metric)
             label = _label(metric)
@@ -123,14 +125,33 @@ def against_axis(rows, slopes, axis: str, panel: dict[str, Any], families: dict[
                         lw=1)
         if not linear:
             ax.set_yscale("log")
+            if limits:
+                ax.set_ylim(*limits)
         _log_x_ticks(ax, xs)
         ax.set_xlabel(axis)
         ax.set_title(family)
         ax.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=1, frameon=False)
     where = f" — {_panel_name(panel)}" if panel else ""
     fig.suptitle(f"{title}{where}\ndots: {len(seeds)} seeds; line: mean; dashed: fit (slope = mean ± std of "
-                 f"per-seed log-log fits); ×: failed run, left out", fontsize=10)
+                 f"per-seed log-log fits); ×: failed run, left out (▲/▼: beyond the axis)", fontsize=10)
     save_figure(fig, path)
+
+
+def _log_limits(values) -> tuple[float, float] | None:
+    """The successful runs' range (with a margin): one failed run's nc1 of 10⁶ must not flatten the rest."""
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    return low / 1.6, high * 1.6
+
+
+def _scatter_failed(ax, xs, ys, limits, color) -> None:
+    """Failed runs as ×, or as ▲/▼ on the edge where they lie beyond the successful runs' range."""
+    low, high = limits or (-math.inf, math.inf)
+    for marker, keep in (("x", lambda y: low <= y <= high), ("^", lambda y: y > high), ("v", lambda y: y < low)):
+        points = [(x, min(max(y, low), high)) for x, y in zip(xs, ys) if keep(y)]
+        if points:
+            ax.scatter(*zip(*points), s=24, marker=marker, color=color, alpha=0.5, clip_on=False)
 
 
 def _slope_text(fit) -> str:
@@ -156,6 +177,12 @@ def _slope_row(slopes, panel, metric):
     return dict(mean=mean["slope"], std=std["slope"], left_out=mean["runs_left_out"])
 
 
+def _point_order(point: tuple) -> tuple:
+    """Points in numeric order (depth 2 before 13), text and None after numbers: legends and colours follow it."""
+    return tuple((0, v, "") if isinstance(v, (int, float)) and not isinstance(v, bool) else (1, 0, str(v))
+                 for v in point)
+
+
 def _series(runs_lines, key_of, metric):
     """Mean over seeds of ``metric`` at every step, per point: {point: (steps, values)}."""
     by_point: dict[Any, dict[int, list[float]]] = {}
@@ -178,7 +205,7 @@ def against_steps(runs_lines, axes: list[str], path: Path, title: str) -> None:
     def key_of(line):
         return tuple(line.get(a) for a in axes)
 
-    points = sorted({key_of(line) for lines in runs_lines for line in lines}, key=repr)
+    points = sorted({key_of(line) for lines in runs_lines for line in lines}, key=_point_order)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(points), 1)))
     for ax, metric in zip(axs[0], metrics):
         series = _series(runs_lines, key_of, metric)
@@ -203,7 +230,7 @@ def against_block(rows, axes: list[str], path: Path, title: str) -> None:
     def key_of(row):
         return tuple(row.get(a) for a in axes)
 
-    points = sorted({key_of(r) for r in rows if r.get("nc1_per_block")}, key=repr)
+    points = sorted({key_of(r) for r in rows if r.get("nc1_per_block")}, key=_point_order)
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(points), 1)))
     for color, point in zip(colors, points):
@@ -264,7 +291,8 @@ def write(workdir: Path, rows, slopes, *, axis: str, others: list[str], families
     sloped = axis in rows[0]
     line_axes = [axis] if sloped else others
     panel_axes = others if sloped else []
-    panels = sorted({tuple((k, r.get(k)) for k in panel_axes) for r in rows}, key=repr)
+    panels = sorted({tuple((k, r.get(k)) for k in panel_axes) for r in rows},
+                    key=lambda panel: _point_order(tuple(v for _, v in panel)))
     for panel in panels:
         suffix = f"-{_panel_name(dict(panel))}" if panel else ""
         where = f"{title} — {_panel_name(dict(panel))}" if panel else title
