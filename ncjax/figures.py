@@ -224,12 +224,14 @@ def against_steps(runs_lines, axes: list[str], path: Path, title: str) -> None:
 
 
 def against_block(rows, axes: list[str], path: Path, title: str) -> None:
-    """NC1 of every block's output against the block index (last checkpoint), one line per point."""
+    """NC1 of every block's output against the block index (last checkpoint), one line per point;
+    the mean of the successful runs (a failed run's chance-level curve would hide the others')."""
     plt = _pyplot()
 
     def key_of(row):
         return tuple(row.get(a) for a in axes)
 
+    rows = [r for r in rows if not r.get("failed")]
     points = sorted({key_of(r) for r in rows if r.get("nc1_per_block")}, key=_point_order)
     fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
     colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(points), 1)))
@@ -247,7 +249,7 @@ def against_block(rows, axes: list[str], path: Path, title: str) -> None:
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_xlabel("block l (output of block l)")
     ax.set_ylabel("nc1 of the block's output")
-    ax.set_title(f"{title}\ncollapse through the layers (mean over seeds, last checkpoint)", fontsize=9)
+    ax.set_title(f"{title}\ncollapse through the layers (mean over successful seeds, last checkpoint)", fontsize=9)
     ax.legend(fontsize=6, ncol=1 + len(points) // 10)
     save_figure(fig, path)
 
