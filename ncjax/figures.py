@@ -250,7 +250,10 @@ def against_block(rows, axes: list[str], path: Path, title: str) -> None:
     ax.set_xlabel("block l (output of block l)")
     ax.set_ylabel("nc1 of the block's output")
     ax.set_title(f"{title}\ncollapse through the layers (mean over successful seeds, last checkpoint)", fontsize=9)
-    ax.legend(fontsize=6, ncol=1 + len(points) // 10)
+    if points:
+        ax.legend(fontsize=6, ncol=1 + len(points) // 10)
+    else:
+        ax.text(0.5, 0.5, "no run passed the failed-run rule", transform=ax.transAxes, ha="center")
     save_figure(fig, path)
 
 
