@@ -46,3 +46,15 @@ def test_training_dynamics_records_loss_and_gradient_norm_often(tmp_path):
     assert all(line["gradient_norm"] > 0 and line["train_loss"] > 0 for line in lines)
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     assert (workdir / "collapse_vs_loss.png").exists()
+
+
+def test_a_config_stored_by_an_older_ncjax_gets_todays_defaults_for_new_keys():
+    from ncjax import experiment
+
+    stored = experiment.base_config().to_dict()
+    del stored["evaluate"]["per_block"], stored["summary"]  # keys that older workdirs lack
+    stored["train"]["l2"], stored["depths"] = 0.123, [2, 5]
+    config = experiment.stored_config(stored)
+    assert config.evaluate.per_block == experiment.base_config().evaluate.per_block
+    assert config.summary.min_train_accuracy == 0.99
+    assert config.train.l2 == 0.123 and list(config.depths) == [2, 5]

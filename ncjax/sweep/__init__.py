@@ -349,7 +349,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
 def reevaluate(workdir: str | Path) -> Path:
     """Recompute metrics.jsonl of every run from its checkpoints (idempotent), then the summary."""
     workdir = Path(workdir)
-    config = ml_collections.ConfigDict(records.read_config(workdir))
+    config = experiment.stored_config(records.read_config(workdir))
     sweep = Sweep(config, parallel.make_mesh(config.mesh.data, config.mesh.fsdp))
     try:
         for group in sweep.groups:
