@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ncjax import records
 from ncjax.checkpoints import load_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,9 +89,13 @@ def test_workdir_contract(finished):
 def test_evaluate_reproduces_metrics(finished, tmp_path):
     copy = tmp_path / "w"
     shutil.copytree(finished, copy)
+    run = next(copy.glob("depth_*/seed_*"))  # an evaluation between checkpoints (evaluate.every_steps)
+    between = dict(metrics_lines(run)[0], step=15, nc1=123.0)
+    records.write_metrics(run, metrics_lines(run) + [between])
     before = {run: metrics_lines(run) for run in copy.glob("depth_*/seed_*")}
     ncjax(f"--workdir={copy}", module="ncjax.evaluate", check=0)
     ncjax(f"--workdir={copy}", module="ncjax.evaluate", check=0)  # idempotent
+    assert between in metrics_lines(run)  # no checkpoint to recompute it from: kept, never dropped
     for run, lines in before.items():
         again = metrics_lines(run)
         assert [line["step"] for line in again] == [line["step"] for line in lines]

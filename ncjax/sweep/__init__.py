@@ -347,7 +347,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
 
 
 def reevaluate(workdir: str | Path) -> Path:
-    """Recompute metrics.jsonl of every run from its checkpoints (idempotent), then the summary."""
+    """Recompute metrics.jsonl of every run from its checkpoints (idempotent), then the summary.
+
+    Lines at steps with no checkpoint (``evaluate.every_steps`` finer than the checkpoints, or a
+    checkpoint ``max_to_keep`` dropped) cannot be recomputed and are kept as they are."""
     workdir = Path(workdir)
     config = experiment.stored_config(records.read_config(workdir))
     sweep = Sweep(config, parallel.make_mesh(config.mesh.data, config.mesh.fsdp))
@@ -365,7 +368,9 @@ def reevaluate(workdir: str | Path) -> Path:
                     for run, line in zip(group_run.runs, group_run.measure(step, params)):
                         lines[run].append(line)
                 for run, run_lines in lines.items():
-                    records.write_metrics(run, run_lines)
+                    recomputed = {line["step"] for line in run_lines}
+                    kept = [line for line in records.read_metrics(run) if line["step"] not in recomputed]
+                    records.write_metrics(run, kept + run_lines)
             finally:
                 group_run.close()
     finally:
