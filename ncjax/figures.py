@@ -37,11 +37,15 @@ def _pyplot():
 
 
 def _readable_log_ticks(axis) -> None:
-    """Ticks at 1, 2 and 5 times powers of ten, labelled plainly: log axes spanning under a decade
-    otherwise get overlapping '3×10⁻¹'-style labels or none."""
+    """Ticks at 1, 2 and 5 times powers of ten (fewer on a long axis), labelled plainly: log axes
+    spanning under a decade otherwise get overlapping '3×10⁻¹'-style labels or none. Call it once
+    the data are drawn: the axis's span chooses the ticks."""
     import matplotlib.ticker
 
-    axis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    low, high = sorted(axis.get_view_interval())
+    decades = math.log10(high / low) if low > 0 and high > 0 else 0.0
+    subs = (1.0, 2.0, 5.0) if decades <= 2 else (1.0, 3.0) if decades <= 4 else (1.0,)
+    axis.set_major_locator(matplotlib.ticker.LogLocator(subs=subs))
     axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
