@@ -20,6 +20,7 @@ Users load one run's parameters with :func:`load_params`.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jax
@@ -63,6 +64,16 @@ class GroupCheckpoints:
         """(params, opt_state, meta) of ``step``, laid out as the abstract trees' shardings."""
         return self._read(step, params=ocp.args.StandardRestore(abstract_params),
                           opt_state=ocp.args.StandardRestore(abstract_opt_state), meta=ocp.args.JsonRestore())
+
+    def check_meta(self, step: int, meta: dict[str, Any], expected: dict[str, Any], keys) -> None:
+        """Refuse a checkpoint written for another experiment: ``meta[key]`` must equal ``expected[key]``
+        as JSON stores it (tuples come back as lists)."""
+        expected = json.loads(json.dumps({key: expected[key] for key in keys}))
+        for key in keys:
+            if meta.get(key) != expected[key]:
+                raise WorkdirError(f"checkpoint {self.directory / str(step)} was written for other "
+                                   f"{key.replace('_', ' ')} ({meta.get(key)}; here: {expected[key]}); "
+                                   "use another --workdir")
 
     def restore_params(self, step: int) -> tuple[Any, dict]:
         """(params, meta) of ``step`` without knowing the model: arrays as saved."""

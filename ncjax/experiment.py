@@ -74,17 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
 def stored_config(stored: dict) -> ml_collections.ConfigDict:
     """A workdir's stored config on today's defaults: a key added to ncjax since the workdir was
     written takes its default, so an older workdir can still be re-evaluated and summarised."""
-    merged = base_config().to_dict()
-
-    def overlay(into: dict, values: dict) -> None:
-        for key, value in values.items():
-            if isinstance(value, dict) and isinstance(into.get(key), dict):
-                overlay(into[key], value)
-            else:
-                into[key] = value
-
-    overlay(merged, stored)
-    return ml_collections.ConfigDict(merged)
+    config = ml_collections.ConfigDict(base_config().to_dict())
+    config.update(stored)  # recursive: nested sections merge, keys the defaults lack are added
+    return config
 
 
 def _fail(message: str):

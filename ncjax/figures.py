@@ -23,6 +23,7 @@ from etils.epath import Path
 
 from ncjax import plan, records
 
+# The paper's forms of NC1, NC2 and NC3 (science.md §2): reported, drawn and checked first.
 PAPER = ("nc1_quotient", "nc2_etf_w", "nc3_cos")
 ACCURACIES = ("train_accuracy", "test_accuracy")  # a last panel: collapse and generalisation side by side
 
@@ -106,7 +107,7 @@ def against_axis(rows, slopes, axis: str, panel: dict[str, Any], families: dict[
     seeds = sorted({r["seed"] for r in mine})
     for ax, (family, metrics) in zip(axes.flat, shown.items()):
         linear = family == "Accuracy"  # in [0, 1], drawn as it is, not fitted
-        shown_value = (lambda v: isinstance(v, float) and math.isfinite(v)) if linear else _finite_positive
+        shown_value = (lambda v: isinstance(v, float) and math.isfinite(v)) if linear else finite_positive
         limits = None if linear else _log_limits([r[m] for m in metrics for r in mine
                                                   if not r["failed"] and shown_value(r.get(m))])
         for index, metric in enumerate(metrics):
@@ -168,8 +169,9 @@ def _slope_text(fit) -> str:
     return text + (f", {fit['left_out']} left out" if fit["left_out"] else "")
 
 
-def _finite_positive(value) -> bool:
-    return isinstance(value, float) and math.isfinite(value) and value > 0
+def finite_positive(value) -> bool:
+    """What a log axis can show (and a headline metric must be)."""
+    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
 def _slope_row(slopes, panel, metric):
@@ -269,7 +271,7 @@ def against_loss(runs_lines, path: Path, title: str) -> None:
     for ax, x_key in zip(axs, ("train_loss", "gradient_norm")):
         for index, (label, lines) in enumerate(runs_lines.items()):
             pts = [(l[x_key], l[metric]) for l in lines
-                   if _finite_positive(l.get(x_key)) and _finite_positive(l.get(metric))]
+                   if finite_positive(l.get(x_key)) and finite_positive(l.get(metric))]
             if pts:
                 x, y = zip(*pts)
                 ax.plot(x, y, marker=".", ms=3, lw=0.8, color=f"C{index % 10}", alpha=0.8, label=label)
@@ -284,19 +286,15 @@ def against_loss(runs_lines, path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def write(workdir: Path, rows, slopes, *, axis: str, others: list[str], families: dict[str, tuple[str, ...]],
-          title: str) -> None:
-    """Every figure the workdir's runs support (``families``: the panels of the against-axis figures).
+def write(workdir: Path, lines_of: dict[str, list[dict]], rows, slopes, *, axis: str, others: list[str],
+          families: dict[str, tuple[str, ...]], title: str) -> None:
+    """Every figure the workdir's runs support (``lines_of``: every run's metrics lines by name; ``rows``:
+    their last lines, with the failed-run rule applied; ``families``: the panels of the against-axis figures).
 
     One figure of each kind per panel, i.e. per combination of the values of the axes other than
     the slope axis (``-<panel>`` in the file name), so that a figure never has more lines than the
     slope axis has values.
     """
-    lines_of = {}
-    for run in records.run_folders(workdir):
-        lines = records.read_metrics(run)
-        if lines:
-            lines_of[f"{run.parent.name}/{run.name}"] = lines
     sloped = axis in rows[0]
     line_axes = [axis] if sloped else others
     panel_axes = others if sloped else []
@@ -306,7 +304,8 @@ def write(workdir: Path, rows, slopes, *, axis: str, others: list[str], families
         suffix = f"-{_panel_name(dict(panel))}" if panel else ""
         where = f"{title} — {_panel_name(dict(panel))}" if panel else title
         mine = [r for r in rows if all(r.get(k) == v for k, v in panel)]
-        runs_lines = [lines for lines in lines_of.values() if all(lines[-1].get(k) == v for k, v in panel)]
+        named = {name: lines for name, lines in lines_of.items() if all(lines[-1].get(k) == v for k, v in panel)}
+        runs_lines = list(named.values())
         if sloped and len({r[axis] for r in mine}) > 1:
             against_axis(rows, slopes, axis, dict(panel), families, workdir / f"nc_vs_{axis.split('.')[-1]}{suffix}.png",
                          title)
@@ -315,5 +314,4 @@ def write(workdir: Path, rows, slopes, *, axis: str, others: list[str], families
         if any(r.get("nc1_per_block") for r in mine):
             against_block(mine, line_axes, workdir / f"nc1_vs_block{suffix}.png", where)
         if any("gradient_norm" in line for lines in runs_lines for line in lines):
-            named = {name: lines for name, lines in lines_of.items() if lines in runs_lines}
             against_loss(named, workdir / f"collapse_vs_loss{suffix}.png", where)

@@ -96,12 +96,7 @@ class Group:
 def apply(base: ml_collections.ConfigDict, point) -> ml_collections.ConfigDict:
     """A copy of ``base`` with every (key, value) of ``point`` set; ``depth`` sets ``model.depth``."""
     config = ml_collections.ConfigDict(base.to_dict())
-    for key, value in point:
-        *parents, leaf = ("model.depth" if key == DEPTH else key).split(".")
-        node = config
-        for name in parents:
-            node = node[name]
-        node[leaf] = value
+    config.update_from_flattened_dict({("model.depth" if key == DEPTH else key): value for key, value in point})
     return config
 
 

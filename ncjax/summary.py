@@ -3,7 +3,7 @@
 Each run contributes its last metrics line. A run **fails** by a stated rule: it diverged
 (its loss or gradient became NaN/Inf), its final training accuracy is below
 ``summary.min_train_accuracy``, its final loss is not finite, or one of the paper's headline
-metrics (:data:`HEADLINE`) that it reports is not a finite positive number. Failed runs stay
+metrics (``figures.PAPER``) that it reports is not a finite positive number. Failed runs stay
 in summary.csv with the reason, and are left out of every fit.
 
 **One slope estimator everywhere** (tables and figures): for each seed, the least-squares
@@ -22,14 +22,11 @@ import io
 import math
 from typing import Any, Iterable
 
-import ml_collections
 import numpy as np
 from etils.epath import Path
 
-from ncjax import figures, plan, records
+from ncjax import experiment, figures, plan, records
 
-# The paper's forms of NC1, NC2 and NC3 (science.md §2), reported and plotted first.
-HEADLINE = ("nc1_quotient", "nc2_etf_w", "nc3_cos")
 # Figure panels and column order: each family's paper form first.
 FAMILIES = {
     "NC1": ("nc1_quotient", "nc1", "cdnv"),
@@ -43,9 +40,10 @@ RUN_COLUMNS = ("seed", "status", "reason", "step", "epoch", "train_loss", "train
 SLOPE_COLUMNS = ("metric", "seed", "slope", "runs_used", "runs_left_out")
 
 
-def final_rows(workdir: Path | str) -> list[dict[str, Any]]:
-    """The last metrics line of every run."""
-    return [lines[-1] for lines in map(records.read_metrics, records.run_folders(workdir)) if lines]
+def runs_lines(workdir: Path) -> dict[str, list[dict[str, Any]]]:
+    """Every evaluated run's metrics lines, by ``<point>/<seed folder>``: read once for tables and figures."""
+    return {f"{run.parent.name}/{run.name}": lines for run in records.run_folders(workdir)
+            if (lines := records.read_metrics(run))}
 
 
 def failure(row: dict[str, Any], min_train_accuracy: float) -> str:
@@ -56,12 +54,8 @@ def failure(row: dict[str, Any], min_train_accuracy: float) -> str:
         return "training loss is not finite"
     if row.get("train_accuracy", 0.0) < min_train_accuracy:
         return f"training accuracy {row['train_accuracy']:.3f} < {min_train_accuracy}"
-    bad = [m for m in HEADLINE if m in row and not (_positive(row[m]))]
+    bad = [m for m in figures.PAPER if m in row and not figures.finite_positive(row[m])]
     return f"{', '.join(bad)} not a finite positive number" if bad else ""
-
-
-def _positive(value) -> bool:
-    return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
 
 
 def metric_names(rows: Iterable[dict[str, Any]]) -> list[str]:
@@ -118,17 +112,17 @@ def _csv(columns, rows) -> str:
 def write(workdir: Path | str) -> Path:
     """Write summary.csv, slopes.csv and the figures (``ncjax.figures``); returns the workdir."""
     workdir = Path(workdir)
-    rows = final_rows(workdir)
+    lines_of = runs_lines(workdir)
+    rows = [lines[-1] for lines in lines_of.values()]  # each run's last evaluation
     if not rows:
         raise records.WorkdirError(f"{workdir} holds no evaluated runs yet: nothing to summarise")
     if not records.is_writer():
         return workdir
-    config = records.read_config(workdir)
-    settings = config.get("summary", {})
-    axes = [key for key, _ in plan.axes(ml_collections.ConfigDict(config))]
-    axis = settings.get("slope_axis", plan.DEPTH)
+    config = experiment.stored_config(records.read_config(workdir))
+    axes = [key for key, _ in plan.axes(config)]
+    axis = config.summary.slope_axis
     for row in rows:
-        row["reason"] = failure(row, settings.get("min_train_accuracy", 0.99))
+        row["reason"] = failure(row, config.summary.min_train_accuracy)
         row["failed"] = bool(row["reason"])
         row["status"] = row.get("status") or ("failed" if row["failed"] else "ok")
     metrics = metric_names(rows)
@@ -136,6 +130,6 @@ def write(workdir: Path | str) -> Path:
     others = [k for k in axes if k != axis]
     table = slopes(rows, axis, others, metrics) if axis in axes else []
     records.atomic_write(workdir / "slopes.csv", _csv(others + list(SLOPE_COLUMNS), table))
-    figures.write(workdir, rows, table, axis=axis, others=others, families=FAMILIES,
-                  title=config.get("name", workdir.name))
+    figures.write(workdir, lines_of, rows, table, axis=axis, others=others, families=FAMILIES,
+                  title=config.name or workdir.name)
     return workdir

@@ -157,15 +157,18 @@ class Program:
         step_members = jax.vmap(step_one, in_axes=(0, 0, 0, 0, 0, 0, 0, None))
         batch_spec = lambda ndim: NamedSharding(mesh, P(None, parallel.BATCH_AXES, *([None] * (ndim - 2))))
 
+        def one_step(state: TrainState, hyper: Hyper, x, y, extras):
+            params, opt_state, diverged_at, logs = step_members(
+                state.params, state.opt_state, state.diverged_at, hyper, x, y, extras, state.step)
+            return TrainState(state.step + 1, params, opt_state, diverged_at), logs
+
         def block(state: TrainState, carry, hyper: Hyper, arrays, block_inputs, extras, length: int):
             def body(inner, index):
                 state, carry = inner
                 (x, y), carry = feed.batch(arrays, carry, block_inputs, hyper.seed, state.step, index)
                 x = jax.lax.with_sharding_constraint(x, batch_spec(x.ndim))
                 y = jax.lax.with_sharding_constraint(y, batch_spec(y.ndim))
-                params, opt_state, diverged_at, logs = step_members(
-                    state.params, state.opt_state, state.diverged_at, hyper, x, y, extras, state.step)
-                state = TrainState(state.step + 1, params, opt_state, diverged_at)
+                state, logs = one_step(state, hyper, x, y, extras)
                 return (state, carry), logs
 
             (state, carry), logs = jax.lax.scan(body, (state, carry), jnp.arange(length))
@@ -195,11 +198,6 @@ class Program:
         # Init runs once: on CPU, skipping LLVM's optimisations halves its compile time for free.
         init_options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
         self._init = jax.jit(init, out_shardings=self.state_sharding, compiler_options=init_options)
-        def one_step(state: TrainState, hyper: Hyper, x, y, extras):
-            params, opt_state, diverged_at, logs = step_members(
-                state.params, state.opt_state, state.diverged_at, hyper, x, y, extras, state.step)
-            return TrainState(state.step + 1, params, opt_state, diverged_at), logs
-
         self.batch_sharding = batch_spec
         self._step = jax.jit(one_step, donate_argnums=0, in_shardings=(self.state_sharding, rep, None, None, None),
                              out_shardings=(self.state_sharding, rep))

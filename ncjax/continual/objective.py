@@ -29,9 +29,6 @@ import jax.numpy as jnp
 from ncjax import objective
 from ncjax.continual.losses import LossWeights, continual_loss, etf_logits
 
-LOG_NAMES = ("ce", "align", "distill", "l2_penalty", "accuracy")
-
-
 def task_loss(module: nn.Module, weights: LossWeights, l2_exclude: Sequence[str] = (), l2_form: str = "full",
               l2_params: str = "all") -> Callable:
     """One member's loss on a batch of one task (see the module docstring for ``extras``)."""

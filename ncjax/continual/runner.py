@@ -189,12 +189,8 @@ class PointRun:
             abstract_tree["targets"] = jax.ShapeDtypeStruct(self._no_targets().shape, jnp.float32,
                                                             sharding=program.replicated)
         tree, opt_state, meta = self.checkpoints.restore(step, abstract_tree, abstract.opt_state)
-        expected = self._meta(meta.get("task", 0), meta.get("step_in_task", 0))
-        for key in ("steps_per_task", "rows_per_task", "class_order", "method", "scenario", "members"):
-            if meta.get(key) != expected[key]:
-                raise WorkdirError(f"checkpoint {self.checkpoints.directory / str(step)} was written for other "
-                                   f"{key.replace('_', ' ')} ({meta.get(key)}; here: {expected[key]}); "
-                                   "use another --workdir")
+        self.checkpoints.check_meta(step, meta, self._meta(meta.get("task", 0), meta.get("step_in_task", 0)),
+                                    ("steps_per_task", "rows_per_task", "class_order", "method", "scenario", "members"))
         self.diverged = np.asarray(meta["diverged_at"], np.int64)
         targets = np.asarray(jax.device_get(tree["targets"])) if self.method.targets else None
         task, step_in_task = meta["task"], meta["step_in_task"]

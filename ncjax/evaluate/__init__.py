@@ -203,7 +203,6 @@ class TrainSet(Evaluator):
         shapes = jax.eval_shape(forward, model.abstract_params, model.depth_array,
                                 jax.ShapeDtypeStruct((1, *split.host[0].shape[1:]), split.host[0].dtype))
         self._width, self._depth, self._block_width = shapes[1].shape[-1], shapes[2].shape[1], shapes[2].shape[-1]
-        self._bias = "bias" in jax.eval_shape(lambda p: p["head"]["classifier"], model.abstract_params)
 
     def _empty(self):
         m, k = self.model.members, self.k
@@ -233,7 +232,7 @@ class TrainSet(Evaluator):
         stats, block_stats, sums, final, blocks = jax.device_get((stats, block_stats, sums, final, blocks))
         with warnings.catch_warnings(record=True) as undefined:
             warnings.simplefilter("always", collapse.UndefinedMetricWarning)
-            values = collapse.metrics(stats, weight, bias if self._bias else None, second=final)
+            values = collapse.metrics(stats, weight, bias, second=final)
             per_block = collapse.metrics(block_stats, second=blocks)
         reasons = "; ".join(sorted({str(w.message) for w in undefined
                                     if issubclass(w.category, collapse.UndefinedMetricWarning)}))
@@ -356,16 +355,14 @@ class GradientNorm(Evaluator):
         self._norm = jax.jit(jax.vmap(norm))
         self._l2 = jnp.asarray(np.asarray(l2s, np.float32) * train.penalty_factor(c))
 
-    def _zeros(self, params):
-        return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), params)
-
     def compile(self) -> None:
         params = self.model.abstract_params
         self._pass.compile(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), params),
                            (params, self.model.depth_array))
 
     def __call__(self, checkpoint: Checkpoint) -> None:
-        grads = self._pass(self._zeros(checkpoint.params), (checkpoint.params, self.model.depth_array))
+        zeros = optax.tree_utils.tree_zeros_like(checkpoint.params)
+        grads = self._pass(zeros, (checkpoint.params, self.model.depth_array))
         norms = self._norm(grads, checkpoint.params, self.model.depth_array, self._l2)
         for line, value in zip(checkpoint.lines, np.asarray(norms)):
             line["gradient_norm"] = float(value)
@@ -418,8 +415,7 @@ class GroupEvaluator:
 
 def _classifiers(params) -> tuple[np.ndarray, np.ndarray | None]:
     """Every member's classifier ``W`` [M, K, d] and ``b`` [M, K] (None without a bias), on the host."""
-    head = jax.device_get(params["head"]["classifier"])
-    return np.swapaxes(head["kernel"], -1, -2), head.get("bias")
+    return jax.device_get(jax.vmap(models.classifier_weights)(params))
 
 
 def _features_are_layernorm_outputs(model: ml_collections.ConfigDict) -> bool:

@@ -2,17 +2,7 @@
 
 import sys
 
-from ncjax import cli, records, sweep
-from ncjax.errors import WorkdirError
-
-
-def reevaluate(workdir: str) -> None:
-    kind = records.read_config(workdir).get("kind")
-    if kind in ("continual", "ufm"):
-        raise WorkdirError(f"{workdir} holds a {kind} run, whose metrics its runner writes once; "
-                           "`python -m ncjax.evaluate` re-evaluates depth sweeps")
-    sweep.reevaluate(workdir)
-
+from ncjax import cli, sweep
 
 if __name__ == "__main__":
-    sys.exit(cli.run_guarded(lambda: reevaluate(cli.workdir_flag(sys.argv[1:], "ncjax.evaluate"))))
+    sys.exit(cli.run_guarded(lambda: sweep.reevaluate(cli.workdir_flag(sys.argv[1:], "ncjax.evaluate"))))

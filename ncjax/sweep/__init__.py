@@ -102,12 +102,7 @@ class GroupRun:
             return self.program.init(), 0
         abstract = self.program.abstract_state
         params, opt_state, meta = self.checkpoints.restore(step, abstract.params, abstract.opt_state)
-        expected = json.loads(json.dumps(self._meta(meta["step"])))  # as stored: tuples are lists
-        for key in ("steps_per_epoch", "num_train", "members"):
-            if meta.get(key) != expected[key]:
-                raise WorkdirError(
-                    f"checkpoint {self.checkpoints.directory / str(step)} was written for other {key.replace('_', ' ')} "
-                    f"({meta.get(key)} here: {expected[key]}); use another --workdir")
+        self.checkpoints.check_meta(step, meta, self._meta(meta["step"]), ("steps_per_epoch", "num_train", "members"))
         start = meta["epoch"] * meta["steps_per_epoch"] + meta["batch_in_epoch"]  # the data position resumes
         self.diverged = np.asarray(meta["diverged_at"], np.int64)
         state = train.TrainState(step=jax.device_put(np.int32(start), self.program.replicated), params=params,
@@ -352,7 +347,11 @@ def reevaluate(workdir: str | Path) -> Path:
     Lines at steps with no checkpoint (``evaluate.every_steps`` finer than the checkpoints, or a
     checkpoint ``max_to_keep`` dropped) cannot be recomputed and are kept as they are."""
     workdir = Path(workdir)
-    config = experiment.stored_config(records.read_config(workdir))
+    stored = records.read_config(workdir)
+    if stored.get("kind") in ("continual", "ufm"):
+        raise WorkdirError(f"{workdir} holds a {stored['kind']} run, whose metrics its runner writes once; "
+                           "`python -m ncjax.evaluate` re-evaluates depth sweeps")
+    config = experiment.stored_config(stored)
     sweep = Sweep(config, parallel.make_mesh(config.mesh.data, config.mesh.fsdp))
     try:
         for group in sweep.groups:
