@@ -13,7 +13,8 @@ records the collapse metrics of its hidden features and its test accuracy (fresh
 of the same mixture): ``summary.csv`` has one row per run; ``slopes.csv`` and
 ``nc_vs_snr-*.png`` show collapse against the SNR for every (depth, n, d, width). The
 regime to look for: low SNR, where the training accuracy reaches 1 and NC1 is small while
-the test accuracy is near chance.
+the test accuracy is near chance. The four SNRs and the seeds of a (depth, n, d, width) point
+train in one program (the SNR is a number of the program, like a seed: ``ncjax.plan``).
 
     python -m ncjax.main --config=configs/shallow_snr.py            # 16 points × 2 seeds, minutes on a CPU
     python -m ncjax.main --config=configs/shallow_snr.py:quick      # seconds (the tests)

@@ -6,8 +6,8 @@ A sweep is a grid: ``config.depths`` (the depth axis) times every axis of
 network: a point of the grid and a seed; its folder (``depth_008-l2_0.005/seed_0``)
 holds its metrics. A *group* is the set of runs that train together in one program
 (``ncjax.train``): members differ only in numbers the program takes as inputs
-(:data:`MEMBER_KEYS`: seed, λ, learning rate, and depth when packed), never in shapes
-or code. The plan is a pure function of the config, so a resumed run,
+(:func:`member_keys`: seed, λ, learning rate, the number that generates the data, e.g. a
+mixture's SNR, and depth when packed), never in shapes or code. The plan is a pure function of the config, so a resumed run,
 ``ncjax.evaluate`` and :func:`ncjax.checkpoints.load_params` all agree on it.
 """
 
@@ -20,12 +20,17 @@ from typing import Any
 
 import ml_collections
 
-from ncjax import train
+from ncjax import data, train
 from ncjax.errors import ConfigError
 
 # Swept keys that members of one group may differ in: they enter the program as numbers (train.Hyper).
 MEMBER_KEYS = ("train.l2", "train.learning_rate")
 DEPTH = "depth"
+
+
+def member_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """:data:`MEMBER_KEYS` and the data source's generating number (``data.value_key``), if it has one."""
+    return MEMBER_KEYS + tuple(filter(None, [data.value_key(config.data)]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +73,7 @@ class Group:
     name: str
     runs: tuple[Run, ...]
     shared: tuple[tuple[str, Any], ...]  # the point values every member has in common (set in the program)
+    data_key: str | None = None  # the swept key that generates the members' data (each composes its own)
 
     @property
     def depth(self) -> int:
@@ -83,14 +89,19 @@ class Group:
         """The program's config: ``base`` with the shared values, and the deepest member's depth."""
         return apply(base, self.shared + ((DEPTH, self.depth),))
 
+    def data_values(self) -> tuple | None:
+        """Each member's value of :attr:`data_key` (the data is made for all of them at once), or None."""
+        return None if self.data_key is None else tuple(r.values[self.data_key] for r in self.runs)
+
     def hyper(self, base: ml_collections.ConfigDict) -> train.Hyper:
-        """Each member's seed, λ (after the depth schedule), learning rate and depth."""
+        """Each member's seed, λ (after the depth schedule), learning rate, depth and data value."""
         configs = [r.config(base) for r in self.runs]
         return train.Hyper.of(
             seeds=[r.seed for r in self.runs],
             l2s=[train.l2_coefficient(c.train, r.depth) for c, r in zip(configs, self.runs)],
             learning_rates=[c.train.learning_rate for c in configs],
-            depths=[r.depth for r in self.runs])
+            depths=[r.depth for r in self.runs],
+            data_values=self.data_values())
 
 
 def apply(base: ml_collections.ConfigDict, point) -> ml_collections.ConfigDict:
@@ -161,15 +172,17 @@ def runs(config: ml_collections.ConfigDict) -> list[Run]:
 def groups(config: ml_collections.ConfigDict) -> list[Group]:
     """The groups of the sweep, in training order.
 
-    Runs that differ only in seeds and :data:`MEMBER_KEYS` (and depth, when ``config.pack`` is True:
+    Runs that differ only in seeds and :func:`member_keys` (and depth, when ``config.pack`` is True:
     the whole panel in one program) share a group.
     """
-    vmapped = set(MEMBER_KEYS) | ({DEPTH} if config.get("pack") is True else set())
+    vmapped = set(member_keys(config)) | ({DEPTH} if config.get("pack") is True else set())
+    data_key = data.value_key(config.data)
+    data_key = data_key if data_key in dict(config.sweep) else None
     by_key: dict[tuple, list[Run]] = {}
     for run in runs(config):
         by_key.setdefault(tuple((k, v) for k, v in run.point if k not in vmapped), []).append(run)
     out = []
     for shared, members in by_key.items():
         name = point_folder(shared, dict(members[0].folder_names)) or "packed"
-        out.append(Group(name, tuple(members), shared))
+        out.append(Group(name, tuple(members), shared, data_key))
     return out

@@ -2,7 +2,8 @@
 
 A *group* is the set of runs (members) that train in one program: the seeds of one
 depth, or, packed, every depth and seed of a sweep. Members differ only in numbers
-(:class:`Hyper`: seed, λ, learning rate, active depth), never in shapes, so one
+(:class:`Hyper`: seed, λ, learning rate, active depth, the number that generated their
+data), never in shapes, so one
 step is ``jax.vmap`` over a leading member axis and five width-64 models keep one
 device busy instead of five small programs leaving it idle.
 
@@ -45,11 +46,14 @@ class Hyper:
     l2: jax.Array  # float32: λ of this member (after the depth schedule)
     learning_rate: jax.Array  # float32: peak learning rate
     depth: jax.Array  # int32: active depth (blocks beyond it are the identity when packed)
+    data_value: jax.Array  # float32: the number that generated this member's data (Dataset.compose), or 0
 
     @classmethod
-    def of(cls, seeds, l2s, learning_rates, depths) -> "Hyper":
+    def of(cls, seeds, l2s, learning_rates, depths, data_values=None) -> "Hyper":
+        data_values = np.zeros(len(seeds)) if data_values is None else data_values
         return cls(seed=np.asarray(seeds, np.uint32), l2=np.asarray(l2s, np.float32),
-                   learning_rate=np.asarray(learning_rates, np.float32), depth=np.asarray(depths, np.int32))
+                   learning_rate=np.asarray(learning_rates, np.float32), depth=np.asarray(depths, np.int32),
+                   data_value=np.asarray(data_values, np.float32))
 
 
 @struct.dataclass
@@ -125,22 +129,26 @@ class Program:
 
     def __init__(self, module: nn.Module, train_config: ml_collections.ConfigDict, feed: Feed,
                  mesh: jax.sharding.Mesh, total_steps: int, sample_input: np.ndarray, hyper: Hyper,
-                 packed: bool = False, loss: Callable | None = None):
+                 packed: bool = False, loss: Callable | None = None, inputs: Callable | None = None):
         """``loss``: ``(params, hyper, x, y, extras) → (scalar, logs)`` for one member, where ``extras`` are
         that member's slice of what :meth:`run_block` is given (e.g. a frozen earlier model); default:
-        the paper's objective (:func:`member_loss`)."""
+        the paper's objective (:func:`member_loss`). ``inputs``: ``(rows, data_value) → model inputs``
+        (``Dataset.inputs``) when the feed's rows are parts that each member composes with its own
+        ``hyper.data_value``; ``sample_input`` is such rows."""
         self.module, self.config, self.feed, self.mesh = module, train_config, feed, mesh
         self.total_steps, self.packed, self.seeds = total_steps, packed, np.asarray(hyper.seed)
         num_members = len(self.seeds)
         c = train_config
         loss_fn = loss or member_loss(module, c, packed)
-        sample = jnp.asarray(sample_input[:1])
+        inputs = inputs or (lambda x, value: x)
+        sample = jnp.asarray(inputs(sample_input[:1], hyper.data_value[0]))
 
         def init_one(seed):
             params = nn.meta.unbox(module.init(jax.random.key(seed), sample))["params"]
             return params, make_optimizer(c, total_steps).init(params)
 
         def step_one(params, opt_state, diverged_at, hyper: Hyper, x, y, extras, step):
+            x = inputs(x, hyper.data_value)
             (loss, logs), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, hyper, x, y, extras)
             updates, new_opt_state = make_optimizer(c, total_steps, hyper.learning_rate, hyper.l2).update(
                 grads, opt_state, params)

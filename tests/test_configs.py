@@ -3,10 +3,12 @@
 import csv
 import importlib
 import json
+import shutil
 
+import numpy as np
 import pytest
 
-from ncjax import records, sweep
+from ncjax import errors, records, sweep
 
 
 def _run(name, tmp_path):
@@ -17,8 +19,13 @@ def _run(name, tmp_path):
     return workdir, list(csv.DictReader((workdir / "summary.csv").open()))
 
 
-def test_shallow_snr_records_collapse_and_test_accuracy_per_point(tmp_path):
-    workdir, rows = _run("shallow_snr", tmp_path)
+@pytest.fixture(scope="module")
+def shallow_snr(tmp_path_factory):
+    return _run("shallow_snr", tmp_path_factory.mktemp("snr"))
+
+
+def test_shallow_snr_records_collapse_and_test_accuracy_per_point(shallow_snr):
+    workdir, rows = shallow_snr
     assert [(r["depth"], float(r["data.gaussian_mixture.snr"]), r["seed"]) for r in rows] == [
         ("1", 0.3, "0"), ("1", 0.3, "1"), ("1", 3.0, "0"), ("1", 3.0, "1")]
     assert all(0 <= float(r["test_accuracy"]) <= 1 and float(r["nc1_quotient"]) > 0 for r in rows)
@@ -28,6 +35,36 @@ def test_shallow_snr_records_collapse_and_test_accuracy_per_point(tmp_path):
     slopes = list(csv.DictReader((workdir / "slopes.csv").open()))
     assert {s["metric"] for s in slopes} >= {"nc1_quotient", "nc2_etf_w"}
     assert (workdir / "nc_vs_snr-depth_001.png").exists()
+
+
+def test_snrs_train_in_one_program_as_they_train_apart(shallow_snr, tmp_path):
+    """The SNR generates the data without changing its shapes: every SNR and seed of a depth is one
+    group (one program, one checkpoint folder), and each run equals the same SNR trained alone (the
+    data composed on the device: equal up to float32 rounding)."""
+    workdir, rows = shallow_snr
+    assert sorted(p.parent.name for p in workdir.glob("*/checkpoints")) == ["depth_001"]
+    alone = importlib.import_module("ncjax.configs.shallow_snr").get_config("quick")
+    alone.progress, alone.sweep, alone.data.gaussian_mixture.snr = False, (), 3.0
+    sweep.run(alone, tmp_path / "alone")
+    apart = list(csv.DictReader((tmp_path / "alone" / "summary.csv").open()))
+    together = [r for r in rows if float(r["data.gaussian_mixture.snr"]) == 3.0]
+    for key in ("train_loss", "test_accuracy", "nc1_quotient", "nc2_etf_w", "l2_penalty"):
+        np.testing.assert_allclose([float(r[key]) for r in together], [float(r[key]) for r in apart], rtol=1e-4,
+                                   err_msg=key)
+
+
+def test_a_workdir_grouped_differently_is_refused_untouched(shallow_snr, tmp_path):
+    """An older ncjax trained each SNR in its own group: resuming its workdir would restart them."""
+    workdir = tmp_path / "older"
+    shutil.copytree(shallow_snr[0], workdir)
+    (workdir / "depth_001-snr_3" / "checkpoints").mkdir()
+    metrics = workdir / "depth_001-snr_3" / "seed_0" / "metrics.jsonl"
+    before = metrics.read_bytes()
+    config = importlib.import_module("ncjax.configs.shallow_snr").get_config("quick")
+    config.progress = False
+    with pytest.raises(errors.WorkdirError, match="grouped the runs differently"):
+        sweep.run(config, workdir)
+    assert metrics.read_bytes() == before
 
 
 def test_linear_head_sweeps_the_head_depth(tmp_path):

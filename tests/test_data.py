@@ -99,6 +99,29 @@ def test_gaussian_mixture_shapes_and_snr():
     assert not np.array_equal(ds.train_x, data.load(config, seed=2).train_x)
 
 
+def test_gaussian_mixture_made_for_several_snrs_composes_each():
+    """The parts (noise, signal at SNR 1) composed at an SNR give the mixture drawn at that SNR."""
+    config = _config(source="gaussian_mixture", n_per_class=7)
+    config.gaussian_mixture.update(num_classes=3, dim=5, n_per_class_train=20, n_per_class_test=4)
+    parts = data.load(config, seed=3, values=(0.0, 0.5, 4.0))
+    assert parts.train_x.shape == (21, 2, 5) and parts.test_x.shape == (12, 2, 5)
+    for snr in (0.0, 0.5, 4.0):
+        config.gaussian_mixture.snr = snr
+        alone = data.load(config, seed=3)
+        np.testing.assert_array_equal(parts.train_y, alone.train_y)
+        for split in ("train_x", "test_x"):
+            got = np.asarray(parts.inputs(getattr(parts, split), np.float32(snr)))
+            np.testing.assert_allclose(got, getattr(alone, split), rtol=1e-6, atol=1e-6, err_msg=f"{split} {snr}")
+    assert alone.inputs(alone.train_x, 7.0) is alone.train_x  # data of one value is its own input
+
+
+def test_data_for_several_values_needs_a_generating_number_and_valid_values():
+    with pytest.raises(data.DataError, match="'mnist_5k' has no generating number.*gaussian_mixture"):
+        data.load(_config(), values=(1.0, 2.0))
+    with pytest.raises(data.DataError, match="snr >= 0.*-1"):
+        data.load(_config(source="gaussian_mixture"), values=(1.0, -1.0))
+
+
 # --- bad inputs -----------------------------------------------------------------
 
 

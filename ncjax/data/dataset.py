@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import numpy as np
 
@@ -20,6 +21,11 @@ class Dataset:
     or int32 [N, max_len] token ids ('tokens'); `train_y`/`test_y`: int32 [N] in
     0..num_classes-1. `test_x`/`test_y` are None when the source has no test split.
     `vocab_size` is set only for 'tokens'.
+
+    Data made for several values of a number that generates it (a mixture's SNR: see
+    ``sources.VALUE_KEYS``) holds, per example, the *parts* every value combines
+    (``train_x`` [N, P, ...]), and ``compose(parts, value)`` makes the inputs of one value, on
+    the device: the runs of all values then share one array and one compiled program.
     """
 
     train_x: np.ndarray
@@ -30,6 +36,11 @@ class Dataset:
     kind: str
     name: str
     vocab_size: int | None = None
+    compose: Callable[[Any, Any], Any] | None = None  # (parts [B, P, ...], value) → inputs [B, ...]; traceable
+
+    def inputs(self, x, value):
+        """The model inputs of rows ``x`` of a split, for data generated with ``value``."""
+        return x if self.compose is None else self.compose(x, value)
 
     def __post_init__(self):
         if self.kind not in KINDS:

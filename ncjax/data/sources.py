@@ -6,7 +6,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from ncjax.data.dataset import DataError, Dataset
-from ncjax.data.gaussian_mixture import make_gaussian_mixture
+from ncjax.data.gaussian_mixture import make_gaussian_mixture, make_gaussian_mixture_parts
 from ncjax.data.idx_source import load_idx
 from ncjax.data.mnist_5k import load_mnist_5k
 from ncjax.data.synthetic_sequences import make_synthetic_sequences
@@ -21,6 +21,16 @@ VALID_SOURCES = (
     "'idx:<folder>' (MNIST-style IDX files, offline, e.g. idx:/usr/share/datasets/fashion-mnist "
     "from Debian's dataset-fashion-mnist)"
 )
+
+# Per source, the config key of the number that generates its data without changing its shapes: runs
+# that differ in it alone train in one program (``load(..., values=...)``).
+VALUE_KEYS = {"gaussian_mixture": "gaussian_mixture.snr"}
+
+
+def value_key(config: ml_collections.ConfigDict) -> str | None:
+    """``'data.<key>'`` of ``config.source``'s generating number (e.g. the mixture's SNR), or None."""
+    key = VALUE_KEYS.get(config.source)
+    return None if key is None else f"data.{key}"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -50,8 +60,12 @@ def default_config() -> ml_collections.ConfigDict:
     })
 
 
-def load(config: ml_collections.ConfigDict, seed: int = 0) -> Dataset:
+def load(config: ml_collections.ConfigDict, seed: int = 0, values=None) -> Dataset:
     """Loads `config.source` fully into host memory.
+
+    `values`: the values of the source's generating number (:func:`value_key`) the data
+    is made for at once; the Dataset then holds parts and composes them per value
+    (``Dataset.compose``). Only for a source in ``VALUE_KEYS``.
 
     Then, in this order: keeps `n_per_class` training examples per class (chosen
     by `seed`) when set, and standardises images when `normalize` is set (vector
@@ -59,13 +73,16 @@ def load(config: ml_collections.ConfigDict, seed: int = 0) -> Dataset:
     `seed` also draws the Gaussian mixture.
     """
     source = config.source
+    if values is not None and source not in VALUE_KEYS:
+        raise DataError(f"data.source {source!r} has no generating number to make the data for several values "
+                        f"of; sources that have one: {', '.join(VALUE_KEYS)}")
     if source == "mnist_5k":
         ds = load_mnist_5k()
     elif source == "gaussian_mixture":
         gm = config.gaussian_mixture
-        ds = make_gaussian_mixture(
-            gm.num_classes, gm.dim, gm.n_per_class_train, gm.n_per_class_test, gm.snr, seed
-        )
+        sizes = (gm.num_classes, gm.dim, gm.n_per_class_train, gm.n_per_class_test)
+        ds = (make_gaussian_mixture(*sizes, gm.snr, seed) if values is None
+              else make_gaussian_mixture_parts(*sizes, tuple(values), seed))
     elif source == "synthetic_sequences":
         sq = config.synthetic_sequences
         ds = make_synthetic_sequences(

@@ -132,10 +132,6 @@ def _loss_sums(logits, y, loss_kind: str, target_scale: float):
     return jnp.stack([jnp.sum(loss * valid), jnp.sum(correct * valid), jnp.sum(valid)])
 
 
-def _members(n: int, values: np.ndarray) -> list[float]:
-    return [float(v) for v in np.asarray(values).reshape(n)]
-
-
 class Evaluator:
     """A plug-in: adds keys to every member's line of a :class:`Checkpoint`."""
 
@@ -147,19 +143,25 @@ class Evaluator:
 
 
 class Model:
-    """The forward pass of every member, for the evaluators: (logits, features, blocks) of a batch."""
+    """The forward pass of every member, for the evaluators: (logits, features, blocks) of a batch.
 
-    def __init__(self, module: nn.Module, depths: np.ndarray, packed: bool, abstract_params: Any):
-        self.module, self.depths, self.packed = module, np.asarray(depths), packed
-        self.abstract_params = abstract_params
+    ``hyper`` (on the device, every leaf [M]) is what the members differ in; each evaluator's
+    program takes it as the per-member constant beside the parameters.
+    """
+
+    def __init__(self, module: nn.Module, hyper: train.Hyper, packed: bool, abstract_params: Any,
+                 inputs: Callable | None = None):
+        self.module, self.depths, self.packed = module, np.asarray(hyper.depth), packed
+        self.abstract_params, self.inputs = abstract_params, inputs or (lambda x, value: x)
         self.members = len(self.depths)
-        self.depth_array = jnp.asarray(self.depths, jnp.int32)
+        self.hyper = jax.tree.map(jnp.asarray, hyper)
 
-    def forward(self, params, depth, x):
-        """One member: logits [B, K], features [B, d], blocks [L, B, d] (float32)."""
-        extra = dict(active_depth=depth) if self.packed else {}
-        logits, features, blocks = self.module.apply({"params": params}, x, train=False, return_blocks=True,
-                                                     **extra)
+    def forward(self, params, member: train.Hyper, x):
+        """One member: logits [B, K], features [B, d], blocks [L, B, d] (float32); ``x``: rows of a split
+        (composed into the member's inputs when its data is made per member, ``Dataset.inputs``)."""
+        extra = dict(active_depth=member.depth) if self.packed else {}
+        logits, features, blocks = self.module.apply({"params": params}, self.inputs(x, member.data_value),
+                                                     train=False, return_blocks=True, **extra)
         return logits, features.astype(jnp.float32), blocks.astype(jnp.float32)
 
 
@@ -184,23 +186,23 @@ class TrainSet(Evaluator):
 
         def first(carry, consts, x, y):
             stats, block_stats, sums = carry
-            params, depth = consts
-            logits, features, blocks = forward(params, depth, x)
+            params, members = consts
+            logits, features, blocks = forward(params, members, x)
             stats, block_stats = collapse.accumulate(stats, features, y), collapse.accumulate(block_stats, blocks, y)
             sums = sums + jax.vmap(_loss_sums, in_axes=(0, None, None, None))(logits, y, c.loss, c.mse_target_scale)
             return stats, block_stats, sums
 
         def second(carry, consts, x, y):
             final, blocks_second = carry
-            params, depth, reference, block_reference = consts
-            logits, features, blocks = forward(params, depth, x)
+            params, members, reference, block_reference = consts
+            logits, features, blocks = forward(params, members, x)
             weight, bias = jax.vmap(models.classifier_weights)(params)
             final = collapse.accumulate_second(final, reference, features, y, weight, bias, logits)
             return final, collapse.accumulate_second(blocks_second, block_reference, blocks, y)
 
         self._first, self._second = Pass(first, split), Pass(second, split)
         self._reference = jax.jit(lambda s, b: (collapse.reference(s), collapse.reference(b)))
-        shapes = jax.eval_shape(forward, model.abstract_params, model.depth_array,
+        shapes = jax.eval_shape(forward, model.abstract_params, model.hyper,
                                 jax.ShapeDtypeStruct((1, *split.host[0].shape[1:]), split.host[0].dtype))
         self._width, self._depth, self._block_width = shapes[1].shape[-1], shapes[2].shape[1], shapes[2].shape[-1]
 
@@ -217,14 +219,14 @@ class TrainSet(Evaluator):
         return collapse.empty_second(stats, classifier=True), collapse.empty_second(block_stats)
 
     def compile(self) -> None:
-        params, depth = self.model.abstract_params, self.model.depth_array
+        params, members = self.model.abstract_params, self.model.hyper
         carry = self._empty()
-        self._first.compile(carry, (params, depth))
+        self._first.compile(carry, (params, members))
         references = jax.eval_shape(self._reference, carry[0], carry[1])
-        self._second.compile(jax.eval_shape(self._empty_second, carry[0], carry[1]), (params, depth) + references)
+        self._second.compile(jax.eval_shape(self._empty_second, carry[0], carry[1]), (params, members) + references)
 
     def __call__(self, checkpoint: Checkpoint) -> None:
-        consts = (checkpoint.params, self.model.depth_array)
+        consts = (checkpoint.params, self.model.hyper)
         stats, block_stats, sums = self._first(self._empty(), consts)
         references = self._reference(stats, block_stats)
         final, blocks = self._second(self._empty_second(stats, block_stats), consts + references)
@@ -267,11 +269,11 @@ class Balancedness(Evaluator):
 
 
 def _penalty(model: Model, c: ml_collections.ConfigDict) -> Callable:
-    """``(params, depth) → ‖θ‖²`` of one member: its penalised parameters (``train.l2_params``,
+    """``(params, member) → ‖θ‖²`` of one member: its penalised parameters (``train.l2_params``,
     ``train.l2_exclude``) in its own blocks, as its training loss counts them."""
-    def penalty(params, depth):
+    def penalty(params, member: train.Hyper):
         return objective.l2_penalty(params, c.l2_exclude, which=c.l2_params,
-                                    active_depth=depth if model.packed else None)
+                                    active_depth=member.depth if model.packed else None)
     return penalty
 
 
@@ -285,7 +287,7 @@ class Penalty(Evaluator):
         self._penalty = jax.jit(jax.vmap(_penalty(model, train_config)))
 
     def __call__(self, checkpoint: Checkpoint) -> None:
-        penalties = np.asarray(self._penalty(checkpoint.params, self.model.depth_array), np.float64)
+        penalties = np.asarray(self._penalty(checkpoint.params, self.model.hyper), np.float64)
         for line, penalty, l2 in zip(checkpoint.lines, penalties, self.l2s):
             line.update(l2_penalty=float(penalty), objective=line["train_loss"] + l2 * float(penalty))
 
@@ -335,20 +337,20 @@ class GradientNorm(Evaluator):
         self.model, self.n = model, split.n
         c = train_config
 
-        def summed_loss(params, depth, x, y):  # one member: Σ over the batch's valid rows
-            logits, _, _ = model.forward(params, depth, x)
+        def summed_loss(params, member, x, y):  # one member: Σ over the batch's valid rows
+            logits, _, _ = model.forward(params, member, x)
             loss = objective.per_example_loss(logits, jnp.maximum(y, 0), c.loss, c.mse_target_scale)
             return jnp.sum(jnp.where(y >= 0, loss, 0.0))
 
         def body(grads, consts, x, y):
-            params, depth = consts
-            batch = jax.vmap(jax.grad(summed_loss), in_axes=(0, 0, None, None))(params, depth, x, y)
+            params, members = consts
+            batch = jax.vmap(jax.grad(summed_loss), in_axes=(0, 0, None, None))(params, members, x, y)
             return jax.tree.map(jnp.add, grads, batch)
 
         penalty = _penalty(model, c)
 
-        def norm(grads, params, depth, l2):  # one member
-            regulariser = jax.grad(lambda p: l2 * penalty(p, depth))(params)
+        def norm(grads, params, member, l2):  # one member
+            regulariser = jax.grad(lambda p: l2 * penalty(p, member))(params)
             return optax.tree_utils.tree_norm(jax.tree.map(lambda g, r: g / self.n + r, grads, regulariser))
 
         self._pass = Pass(body, split)
@@ -358,12 +360,12 @@ class GradientNorm(Evaluator):
     def compile(self) -> None:
         params = self.model.abstract_params
         self._pass.compile(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), params),
-                           (params, self.model.depth_array))
+                           (params, self.model.hyper))
 
     def __call__(self, checkpoint: Checkpoint) -> None:
         zeros = optax.tree_utils.tree_zeros_like(checkpoint.params)
-        grads = self._pass(zeros, (checkpoint.params, self.model.depth_array))
-        norms = self._norm(grads, checkpoint.params, self.model.depth_array, self._l2)
+        grads = self._pass(zeros, (checkpoint.params, self.model.hyper))
+        norms = self._norm(grads, checkpoint.params, self.model.hyper, self._l2)
         for line, value in zip(checkpoint.lines, np.asarray(norms)):
             line["gradient_norm"] = float(value)
 
@@ -376,17 +378,17 @@ class TestSet(Evaluator):
         c = train_config
 
         def body(sums, consts, x, y):
-            params, depth = consts
-            logits, _, _ = jax.vmap(model.forward, in_axes=(0, 0, None))(params, depth, x)
+            params, members = consts
+            logits, _, _ = jax.vmap(model.forward, in_axes=(0, 0, None))(params, members, x)
             return sums + jax.vmap(_loss_sums, in_axes=(0, None, None, None))(logits, y, c.loss, c.mse_target_scale)
 
         self._pass = Pass(body, split)
 
     def compile(self) -> None:
-        self._pass.compile(jnp.zeros((self.model.members, 3)), (self.model.abstract_params, self.model.depth_array))
+        self._pass.compile(jnp.zeros((self.model.members, 3)), (self.model.abstract_params, self.model.hyper))
 
     def __call__(self, checkpoint: Checkpoint) -> None:
-        sums = self._pass(jnp.zeros((self.model.members, 3)), (checkpoint.params, self.model.depth_array))
+        sums = self._pass(jnp.zeros((self.model.members, 3)), (checkpoint.params, self.model.hyper))
         sums = np.asarray(sums, np.float64)
         for m, line in enumerate(checkpoint.lines):
             line.update(test_loss=sums[m, 0] / sums[m, 2], test_accuracy=sums[m, 1] / sums[m, 2])
@@ -431,7 +433,7 @@ def build(module: nn.Module, dataset: data.Dataset, config: ml_collections.Confi
     """
     resident = train_arrays is not None
     batch = config.eval_batch_size
-    model = Model(module, hyper.depth, packed, abstract_params)
+    model = Model(module, hyper, packed, abstract_params, dataset.inputs)
     train_split = Split(dataset.train_x, dataset.train_y, mesh, batch, resident, train_arrays)
     l2s = np.asarray(hyper.l2)
     evaluators = [TrainSet(model, train_split, config.train, dataset.num_classes, config.evaluate.per_block),

@@ -69,7 +69,7 @@ class GroupRun:
         hyper = group.hyper(config)
         self.module = models.build(config.model)
         self.program = train.Program(self.module, t, feed, mesh, self.total_steps, dataset.train_x[:1], hyper,
-                                     packed=group.packed)
+                                     packed=group.packed, inputs=dataset.inputs)
         self.checkpoints = checkpoints.GroupCheckpoints(workdir / group.name, config.checkpoint.max_to_keep,
                                                         read_only=read_only)
         self._evaluator_args = (dataset, mesh, hyper, feed)
@@ -241,7 +241,7 @@ def _writers(runs):
     return [SummaryWriter(str(r / "tensorboard")) for r in runs]
 
 
-def preflight(config, dataset: data.Dataset, mesh) -> None:
+def preflight(config, dataset: data.Dataset, mesh, data_value=None) -> None:
     """Fail on what only the data and devices reveal, before anything is written."""
     if config.train.batch_size % mesh.size or config.eval_batch_size % mesh.size:
         raise ConfigError(
@@ -251,7 +251,8 @@ def preflight(config, dataset: data.Dataset, mesh) -> None:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} exceeds the {len(dataset.train_y)} training examples")
     try:
-        jax.eval_shape(models.build(config.model).init, jax.random.key(0), dataset.train_x[:1])  # e.g. patch size
+        jax.eval_shape(models.build(config.model).init, jax.random.key(0),  # e.g. patch size
+                       dataset.inputs(dataset.train_x[:1], data_value))
     except ValueError as error:  # the models explain a shape that does not fit the data in one line
         raise ConfigError(str(error).splitlines()[0]) from None
 
@@ -263,19 +264,21 @@ class Sweep:
         experiment.validate(config)
         self.mesh = mesh
         self._datasets: dict[str, data.Dataset] = {}
-        self.config = resolve(config, self.dataset(config.data))
-        self.groups = plan.groups(self.config)
+        self.groups = plan.groups(config)
+        self.config = resolve(config, self.dataset(config.data, self.groups[0].data_values()))
         self._feed: tuple[str, feeds.Feed] | None = None
 
-    def dataset(self, data_config) -> data.Dataset:
-        key = json.dumps(data_config.to_dict(), sort_keys=True)
+    def dataset(self, data_config, values=None) -> data.Dataset:
+        """``data_config``'s data set; made for every value of ``values`` at once when given
+        (the members of a group whose data differ only in the number that generates it)."""
+        key = json.dumps([data_config.to_dict(), values], sort_keys=True)
         if key not in self._datasets:
-            self._datasets[key] = data.load(data_config, seed=0)
+            self._datasets[key] = data.load(data_config, seed=0, values=values)
         return self._datasets[key]
 
     def prepare(self, group: plan.Group) -> tuple[ml_collections.ConfigDict, data.Dataset]:
         """The group's config, resolved against its data set, and the data set."""
-        dataset = self.dataset(group.config(self.config).data)
+        dataset = self.dataset(group.config(self.config).data, group.data_values())
         return resolve(group.config(self.config), dataset), dataset
 
     def preflight(self) -> None:
@@ -285,12 +288,25 @@ class Sweep:
             key = json.dumps([config.model.to_dict(), config.data.to_dict(), config.train.batch_size], sort_keys=True)
             if key not in checked:
                 checked.add(key)
-                preflight(config, dataset, self.mesh)
+                values = group.data_values()
+                preflight(config, dataset, self.mesh, None if values is None else values[0])
+
+    def check_layout(self, workdir: Path) -> None:
+        """Refuse a workdir whose checkpoints were written by groups this plan does not have (an older
+        ncjax grouped these runs differently): training would start them afresh and drop their metrics."""
+        names = {group.name for group in self.groups}
+        foreign = sorted(p.parent.name for p in workdir.glob(f"*/{checkpoints.CHECKPOINTS}")
+                         if p.parent.name not in names)
+        if foreign:
+            raise WorkdirError(
+                f"{workdir} holds checkpoints of groups this version of ncjax does not train ({', '.join(foreign[:4])}; "
+                f"it trains {', '.join(sorted(names)[:4])}): it was written by an ncjax that grouped the runs "
+                "differently; use a new --workdir (nothing was changed)")
 
     def group_run(self, group: plan.Group, workdir: Path, read_only: bool = False) -> GroupRun:
         """The group's GroupRun; consecutive groups on the same data share its feed (uploaded once)."""
         config, dataset = self.prepare(group)
-        key = json.dumps([config.data.to_dict(), config.train.batch_size], sort_keys=True)
+        key = json.dumps([config.data.to_dict(), group.data_values(), config.train.batch_size], sort_keys=True)
         if self._feed is None or self._feed[0] != key:
             self.close()
             self._feed = key, feeds.choose(config.data.placement, dataset, config.train.batch_size, self.mesh)
@@ -318,6 +334,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     config = resolve_pack(config, workdir)
     sweep = Sweep(config, parallel.make_mesh(config.mesh.data, config.mesh.fsdp))
     sweep.preflight()
+    sweep.check_layout(workdir)
     records.claim_workdir(workdir, sweep.config.to_dict())  # only a config that can run claims a workdir
     stop = StopFlag()
     stop.install()
@@ -353,6 +370,7 @@ def reevaluate(workdir: str | Path) -> Path:
                            "`python -m ncjax.evaluate` re-evaluates depth sweeps")
     config = experiment.stored_config(stored)
     sweep = Sweep(config, parallel.make_mesh(config.mesh.data, config.mesh.fsdp))
+    sweep.check_layout(workdir)
     try:
         for group in sweep.groups:
             if not (workdir / group.name / checkpoints.CHECKPOINTS).exists():
