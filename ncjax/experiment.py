@@ -91,39 +91,56 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _validate_values(plan.apply(c, zip((k for k, _ in c.sweep), values)))
 
 
-def _validate_values(c: ml_collections.ConfigDict) -> None:
-    depths = tuple(c.depths) if isinstance(c.depths, (tuple, list)) else (c.depths,)
-    if not depths or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in depths):
-        _fail(f"depths={c.depths!r}: every depth must be an integer >= 1, e.g. --config.depths='(2,4,8)'")
-    seeds = tuple(c.seeds) if isinstance(c.seeds, (tuple, list)) else (c.seeds,)
-    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        _fail(f"seeds={c.seeds!r}: give distinct integers >= 0, e.g. --config.seeds='(0,1,2)'")
+def positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def validate_seeds(seeds) -> None:
+    values = tuple(seeds) if isinstance(seeds, (tuple, list)) else (seeds,)
+    if not values or any(not isinstance(s, int) or s < 0 for s in values) or len(set(values)) != len(values):
+        _fail(f"seeds={seeds!r}: give distinct integers >= 0, e.g. --config.seeds='(0,1,2)'")
+
+
+TRAIN_CHOICES = (("loss", ("ce", "mse")), ("optimizer", train.OPTIMIZERS), ("schedule", train.SCHEDULES),
+                 ("l2_schedule", train.L2_SCHEDULES), ("l2_form", tuple(objective.L2_FORMS)),
+                 ("l2_params", objective.L2_PARAMS))
+
+
+def validate_training(c: ml_collections.ConfigDict) -> None:
+    """The sections every ncjax runner shares (a sweep's, the continual runner's): ``train`` (the
+    choices it has of :data:`TRAIN_CHOICES`), ``checkpoint`` and the runtime settings."""
     t = c.train
-    for field, allowed in (("loss", ("ce", "mse")), ("optimizer", train.OPTIMIZERS),
-                           ("schedule", train.SCHEDULES), ("l2_schedule", train.L2_SCHEDULES),
-                           ("l2_form", tuple(objective.L2_FORMS)), ("l2_params", objective.L2_PARAMS)):
-        if t[field] not in allowed:
+    for field, allowed in TRAIN_CHOICES:
+        if field in t and t[field] not in allowed:
             _fail(f"train.{field}={t[field]!r} is not supported; choose one of: {', '.join(allowed)}")
     if not t.l2 >= 0:
         _fail(f"train.l2={t.l2!r}: the L2 coefficient λ must be >= 0")
     if not t.learning_rate > 0:
         _fail(f"train.learning_rate={t.learning_rate!r} must be > 0")
     for field in ("batch_size", "epochs"):
-        if not isinstance(t[field], int) or t[field] < 1:
+        if not positive_int(t[field]):
             _fail(f"train.{field}={t[field]!r} must be a positive integer")
-    if t.steps is not None and t.steps < 1:
+    if t.steps is not None and not positive_int(t.steps):
         _fail(f"train.steps={t.steps!r} must be a positive integer (or unset to use train.epochs)")
-    if c.checkpoint.every_steps < 1:
+    if not positive_int(c.checkpoint.every_steps):
         _fail(f"checkpoint.every_steps={c.checkpoint.every_steps!r} must be a positive integer")
-    if c.checkpoint.max_to_keep is not None and c.checkpoint.max_to_keep < 1:
+    if c.checkpoint.max_to_keep is not None and not positive_int(c.checkpoint.max_to_keep):
         _fail(f"checkpoint.max_to_keep={c.checkpoint.max_to_keep!r} must be >= 1 (or unset to keep all)")
+    for field in ("eval_batch_size", "log_every_steps", "steps_per_call"):
+        if not positive_int(c[field]):
+            _fail(f"{field}={c[field]!r} must be a positive integer")
+
+
+def _validate_values(c: ml_collections.ConfigDict) -> None:
+    depths = tuple(c.depths) if isinstance(c.depths, (tuple, list)) else (c.depths,)
+    if not depths or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in depths):
+        _fail(f"depths={c.depths!r}: every depth must be an integer >= 1, e.g. --config.depths='(2,4,8)'")
+    validate_seeds(c.seeds)
+    validate_training(c)
     if c.evaluate.per_block not in ("all", "nc1"):
         _fail(f"evaluate.per_block={c.evaluate.per_block!r}: choose all or nc1")
-    if c.evaluate.every_steps is not None and c.evaluate.every_steps < 1:
+    if c.evaluate.every_steps is not None and not positive_int(c.evaluate.every_steps):
         _fail(f"evaluate.every_steps={c.evaluate.every_steps!r} must be a positive integer (or unset)")
-    for field in ("eval_batch_size", "log_every_steps", "steps_per_call"):
-        if not isinstance(c[field], int) or c[field] < 1:
-            _fail(f"{field}={c[field]!r} must be a positive integer")
     probe = ml_collections.ConfigDict(c.model.to_dict())
     probe.depth = depths[0]
     try:

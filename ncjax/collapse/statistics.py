@@ -79,23 +79,16 @@ def valid_rows(labels: jax.Array, num_classes: int) -> jax.Array:
     return (labels >= 0) & (labels < num_classes)
 
 
-ONE_HOT_CLASSES = 0  # up to this K, per-class sums are one-hot matmuls (fast to compile and run); beyond, scatters
-
-
 def class_sums(values: jax.Array, labels: jax.Array, valid: jax.Array, num_classes: int) -> jax.Array:
-    """``Σ_{i: y_i = c} values_i`` for every class c: [K, C] from values [B, C] (invalid rows ignored)."""
-    if num_classes <= ONE_HOT_CLASSES:
-        one_hot = (labels[:, None] == jnp.arange(num_classes)) & valid[:, None]
-        return jnp.dot(one_hot.T.astype(values.dtype), values,
-                       precision=HIGHEST, preferred_element_type=values.dtype)
+    """``Σ_{i: y_i = c} values_i`` for every class c: [K, C] from values [B, C] (invalid rows ignored).
+
+    A segment scatter: exact, and unlike a one-hot matmul its cost does not grow with K."""
     return jax.ops.segment_sum(jnp.where(valid[:, None], values, 0), labels, num_segments=num_classes)
 
 
 def first_rows(labels: jax.Array, valid: jax.Array, num_classes: int) -> jax.Array:
     """Index of the first valid row of every class in the batch (any row index for absent classes)."""
     rows = labels.shape[0]
-    if num_classes <= ONE_HOT_CLASSES:
-        return jnp.argmax((labels[:, None] == jnp.arange(num_classes)) & valid[:, None], axis=0)
     first = jax.ops.segment_min(jnp.where(valid, jnp.arange(rows), rows), labels, num_segments=num_classes)
     return jnp.minimum(first, rows - 1)
 

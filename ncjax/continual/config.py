@@ -12,7 +12,7 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from ncjax import data, models, objective, train
+from ncjax import data, experiment, models
 from ncjax.continual import methods
 from ncjax.continual.splits import SCENARIOS
 from ncjax.errors import ConfigError
@@ -72,10 +72,6 @@ def _fail(message: str):
     raise ConfigError(message)
 
 
-def _positive_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
-
-
 def _distinct(name: str, values, allowed, example: str) -> None:
     if not isinstance(values, (tuple, list)) or not values or len(set(values)) != len(values):
         _fail(f"{name}={values!r}: give a tuple of distinct names, e.g. --config.{name}=\"{example}\"")
@@ -87,15 +83,13 @@ def _distinct(name: str, values, allowed, example: str) -> None:
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ConfigError with a one-line fix for the first bad value (before any data is loaded)."""
-    seeds = tuple(c.seeds) if isinstance(c.seeds, (tuple, list)) else (c.seeds,)
-    if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        _fail(f"seeds={c.seeds!r}: give distinct integers >= 0, e.g. --config.seeds='(0,1,2)'")
+    experiment.validate_seeds(c.seeds)
     k = c.continual
     _distinct("continual.methods", k.methods, tuple(methods.METHODS), "('pronc', 'finetune')")
     _distinct("continual.scenarios", k.scenarios, SCENARIOS, "('class_incremental',)")
-    if not _positive_int(k.num_tasks) or k.num_tasks < 2:
+    if not experiment.positive_int(k.num_tasks) or k.num_tasks < 2:
         _fail(f"continual.num_tasks={k.num_tasks!r} must be an integer >= 2")
-    if k.classes_per_task is not None and not _positive_int(k.classes_per_task):
+    if k.classes_per_task is not None and not experiment.positive_int(k.classes_per_task):
         _fail(f"continual.classes_per_task={k.classes_per_task!r} must be a positive integer (or unset)")
     for field in ("ce_weight", "align_weight", "distill_weight"):
         if not (isinstance(k[field], (int, float)) and math.isfinite(k[field]) and k[field] >= 0):
@@ -105,27 +99,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     replaying = [m for m in k.methods if methods.get(m).replay]
     if replaying and k.buffer_size == 0:
         _fail(f"continual.buffer_size=0 but {replaying[0]!r} replays a buffer: give a size > 0 or drop the method")
-    t = c.train
-    for field, allowed in (("optimizer", train.OPTIMIZERS), ("schedule", train.SCHEDULES),
-                           ("l2_form", tuple(objective.L2_FORMS)), ("l2_params", objective.L2_PARAMS)):
-        if t[field] not in allowed:
-            _fail(f"train.{field}={t[field]!r} is not supported; choose one of: {', '.join(allowed)}")
-    if not t.learning_rate > 0:
-        _fail(f"train.learning_rate={t.learning_rate!r} must be > 0")
-    if not t.l2 >= 0:
-        _fail(f"train.l2={t.l2!r}: the L2 coefficient λ must be >= 0")
-    for field in ("batch_size", "epochs"):
-        if not _positive_int(t[field]):
-            _fail(f"train.{field}={t[field]!r} must be a positive integer")
-    if t.steps is not None and not _positive_int(t.steps):
-        _fail(f"train.steps={t.steps!r} must be a positive integer (steps per task), or unset to use train.epochs")
-    if not _positive_int(c.checkpoint.every_steps):
-        _fail(f"checkpoint.every_steps={c.checkpoint.every_steps!r} must be a positive integer")
-    if c.checkpoint.max_to_keep is not None and not _positive_int(c.checkpoint.max_to_keep):
-        _fail(f"checkpoint.max_to_keep={c.checkpoint.max_to_keep!r} must be >= 1 (or unset to keep all)")
-    for field in ("eval_batch_size", "log_every_steps", "steps_per_call"):
-        if not _positive_int(c[field]):
-            _fail(f"{field}={c[field]!r} must be a positive integer")
+    experiment.validate_training(c)
     try:
         models.validate(c.model)
     except ValueError as error:

@@ -35,7 +35,6 @@ import ml_collections
 import numpy as np
 import optax
 from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
 
 from ncjax import collapse, data, models, objective, parallel, train, ufm
 
