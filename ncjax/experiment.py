@@ -24,8 +24,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.depths = (2, 4, 8)
     c.seeds = (0, 1)
     # More axes: (config key, values) pairs, a grid with depths and seeds, e.g. (('train.l2', (5e-3, 5e-4)),).
-    # λ and the learning rate train vmapped in one program with the seeds; other keys get a program each.
+    # λ, the learning rate and the number that generates the data (a Gaussian mixture's SNR) train vmapped
+    # in one program with the seeds; other keys get a program each.
     c.sweep = ()
+    c.max_members = config_dict.placeholder(int)  # most runs in one program (memory); None = all that can share one
     # Every depth of a group in one program (blocks beyond a run's depth masked): True | False | None = auto
     # (auto: a resumed workdir keeps its packing, a new one packs on accelerators, not on CPUs).
     c.pack = config_dict.placeholder(bool)
@@ -137,6 +139,9 @@ def _validate_values(c: ml_collections.ConfigDict) -> None:
         _fail(f"depths={c.depths!r}: every depth must be an integer >= 1, e.g. --config.depths='(2,4,8)'")
     validate_seeds(c.seeds)
     validate_training(c)
+    if c.max_members is not None and not positive_int(c.max_members):
+        _fail(f"max_members={c.max_members!r} must be a positive integer (or unset: every run that can share a "
+              "program does)")
     if c.evaluate.per_block not in ("all", "nc1"):
         _fail(f"evaluate.per_block={c.evaluate.per_block!r}: choose all or nc1")
     if c.evaluate.every_steps is not None and not positive_int(c.evaluate.every_steps):

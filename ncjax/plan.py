@@ -173,7 +173,8 @@ def groups(config: ml_collections.ConfigDict) -> list[Group]:
     """The groups of the sweep, in training order.
 
     Runs that differ only in seeds and :func:`member_keys` (and depth, when ``config.pack`` is True:
-    the whole panel in one program) share a group.
+    the whole panel in one program) share a group; ``config.max_members`` splits a larger one into
+    consecutive parts (``depth_008-part_0``, ...) of at most that many runs, for memory.
     """
     vmapped = set(member_keys(config)) | ({DEPTH} if config.get("pack") is True else set())
     data_key = data.value_key(config.data)
@@ -181,8 +182,11 @@ def groups(config: ml_collections.ConfigDict) -> list[Group]:
     by_key: dict[tuple, list[Run]] = {}
     for run in runs(config):
         by_key.setdefault(tuple((k, v) for k, v in run.point if k not in vmapped), []).append(run)
+    limit = config.get("max_members") or len(runs(config))
     out = []
     for shared, members in by_key.items():
         name = point_folder(shared, dict(members[0].folder_names)) or "packed"
-        out.append(Group(name, tuple(members), shared, data_key))
+        parts = [tuple(members[i:i + limit]) for i in range(0, len(members), limit)]
+        out += [Group(name if len(parts) == 1 else f"{name}-part_{i}", part, shared, data_key)
+                for i, part in enumerate(parts)]
     return out

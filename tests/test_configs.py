@@ -14,7 +14,10 @@ from ncjax import errors, records, sweep
 def _run(name, tmp_path):
     config = importlib.import_module(f"ncjax.configs.{name}").get_config("quick")
     config.progress = False
-    workdir = tmp_path / name
+    return _run_config(config, tmp_path / name)
+
+
+def _run_config(config, workdir):
     sweep.run(config, workdir)
     return workdir, list(csv.DictReader((workdir / "summary.csv").open()))
 
@@ -51,6 +54,21 @@ def test_snrs_train_in_one_program_as_they_train_apart(shallow_snr, tmp_path):
     for key in ("train_loss", "test_accuracy", "nc1_quotient", "nc2_etf_w", "l2_penalty"):
         np.testing.assert_allclose([float(r[key]) for r in together], [float(r[key]) for r in apart], rtol=1e-4,
                                    err_msg=key)
+
+
+def test_max_members_splits_a_group_into_programs_that_train_the_same(shallow_snr, tmp_path):
+    """Two runs per program: the SNRs' groups are trained as two programs, with the same results."""
+    config = importlib.import_module("ncjax.configs.shallow_snr").get_config("quick")
+    config.progress, config.max_members = False, 2
+    workdir, rows = _run_config(config, tmp_path / "parts")
+    assert sorted(p.parent.name for p in workdir.glob("*/checkpoints")) == ["depth_001-part_0", "depth_001-part_1"]
+    for key in ("train_loss", "test_accuracy", "nc1_quotient"):
+        np.testing.assert_allclose([float(r[key]) for r in rows], [float(r[key]) for r in shallow_snr[1]], rtol=1e-5,
+                                   err_msg=key)
+    config.max_members = 0
+    with pytest.raises(errors.ConfigError, match="max_members=0 must be a positive integer"):
+        sweep.run(config, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
 
 
 def test_a_workdir_grouped_differently_is_refused_untouched(shallow_snr, tmp_path):
