@@ -141,6 +141,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"sweep axis {key!r} names a section of the config, not a value")
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"sweep axis {key!r} repeats a value: {tuple(values)}")
+        for value in values:
+            try:
+                apply(config, ((key, value),))
+            except TypeError:
+                raise ConfigError(f"sweep axis {key!r}: {value!r} is not a {type(node).__name__}, the type of "
+                                  f"its default {node!r}") from None
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:

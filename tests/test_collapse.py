@@ -191,6 +191,21 @@ def test_per_block_measure_equals_each_block_alone():
     assert_close(got, last, rtol=2e-4, names=collapse.CLASSIFIER)
 
 
+def test_a_non_finite_slice_gets_nan_and_leaves_the_others_alone():
+    """One run's overflowing features (a member or block of a batched measurement) make its metrics NaN;
+    LAPACK never sees them, and the other slices equal the reference."""
+    h, y, _, _ = mixture(7)
+    bad = h.copy()
+    bad[3, 2] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        got = collapse.measure(np.stack([h, bad]), y, 6)
+    want = reference_metrics(h, y, 6)
+    for name in ("nc1", "nc1_quotient", "cdnv", "nc2_etf", "gnc2_log", "effective_rank_means"):
+        np.testing.assert_allclose(got[name][0], want[name], rtol=2e-4, err_msg=name)
+        assert np.isnan(got[name][1]), name
+
+
 def test_update_keeps_its_input_and_checks_labels():
     h, y, _, _ = mixture(8)
     stats = collapse.class_stats(h[:300], y[:300], 6)

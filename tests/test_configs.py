@@ -68,6 +68,9 @@ def test_max_members_splits_a_group_into_programs_that_train_the_same(shallow_sn
     config.max_members = 0
     with pytest.raises(errors.ConfigError, match="max_members=0 must be a positive integer"):
         sweep.run(config, tmp_path / "never")
+    config.max_members, config.sweep = None, (("data.gaussian_mixture.snr", ("high", 1.0)),)
+    with pytest.raises(errors.ConfigError, match="'high' is not a float, the type of its default"):
+        sweep.run(config, tmp_path / "never")
     assert not (tmp_path / "never").exists()
 
 

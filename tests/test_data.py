@@ -120,6 +120,8 @@ def test_data_for_several_values_needs_a_generating_number_and_valid_values():
         data.load(_config(), values=(1.0, 2.0))
     with pytest.raises(data.DataError, match="snr >= 0.*-1"):
         data.load(_config(source="gaussian_mixture"), values=(1.0, -1.0))
+    with pytest.raises(data.DataError, match="snr=1e\\+39 is too large for float32 data in 32 dimensions"):
+        data.load(_config(source="gaussian_mixture"), values=(1.0, 1e39))
 
 
 # --- bad inputs -----------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from ncjax import errors
-from ncjax.collapse.spectral import entropy_rank
+from ncjax.collapse.spectral import entropy_rank, finite_slices
 
 
 def balancedness(kernels: Sequence[np.ndarray]) -> np.ndarray:
@@ -50,7 +50,8 @@ def effective_rank(matrix: np.ndarray) -> np.ndarray:
     """
     matrix = np.asarray(matrix)
     eps = np.finfo(matrix.dtype).eps if np.issubdtype(matrix.dtype, np.floating) else np.finfo(np.float64).eps
-    sigma = np.linalg.svd(matrix.astype(np.float64), compute_uv=False)
+    finite, matrix64 = finite_slices(matrix.astype(np.float64))
+    sigma = np.where(finite[..., None], np.linalg.svd(matrix64, compute_uv=False), np.nan)
     cutoff = max(matrix.shape[-2:]) * eps * np.max(sigma, -1, keepdims=True)
     return entropy_rank(sigma, sigma > cutoff)
 

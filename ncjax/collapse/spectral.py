@@ -39,6 +39,13 @@ class BetweenSpectrum(NamedTuple):
         return ~np.any(self.kept, -1)
 
 
+def finite_slices(matrices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """([S] which matrices [S, m, n] are finite, the matrices with the others zeroed): LAPACK fails on
+    NaN/Inf, and one run's non-finite features must give that run NaN metrics, not stop the others."""
+    finite = np.all(np.isfinite(matrices), axis=(-2, -1))
+    return finite, np.where(finite[..., None, None], matrices, 0.0)
+
+
 def gram_of_smaller(x: np.ndarray) -> np.ndarray:
     """``x xᵀ`` or ``xᵀ x`` for ``x`` [S, K, D], whichever is smaller (same non-zero spectrum)."""
     if x.shape[-2] <= x.shape[-1]:
@@ -53,7 +60,9 @@ def between_spectrum(centred: np.ndarray, means_energy: np.ndarray, classes_side
     """
     k, d = centred.shape[-2:]
     gram = centred @ np.swapaxes(centred, -1, -2) if classes_side else np.swapaxes(centred, -1, -2) @ centred
+    finite, gram = finite_slices(gram)
     values, vectors = np.linalg.eigh(gram)
+    values = np.where(finite[..., None], values, np.nan)  # NaN is never kept: the slice is degenerate, nc1 NaN
     scale = np.maximum(values[..., -1], means_energy)
     kept = values > ((max(k, d) * FLOAT32_EPS) ** 2 * scale)[..., None]
     reliable = kept & (values > max(k, d) * FLOAT32_EPS * values[..., -1:])
@@ -91,6 +100,7 @@ def entropy_rank(values: np.ndarray, kept: np.ndarray) -> np.ndarray:
 
 def covariance_rank(covariance: np.ndarray) -> np.ndarray:
     """Effective rank of float32-accumulated covariances [S, D, D] (eigenvalues are their singular values)."""
-    values = np.linalg.eigvalsh(covariance)
+    finite, covariance = finite_slices(covariance)
+    values = np.where(finite[..., None], np.linalg.eigvalsh(covariance), np.nan)
     cutoff = covariance.shape[-1] * FLOAT32_EPS * np.max(np.abs(values), -1, keepdims=True)
     return entropy_rank(values, values > cutoff)

@@ -6,6 +6,8 @@ import numpy as np
 
 from ncjax.data.dataset import DataError, Dataset
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def check(num_classes: int, dim: int, n_per_class_train: int, n_per_class_test: int, snrs) -> None:
     """Raise DataError for a mixture that cannot be drawn."""
@@ -17,6 +19,10 @@ def check(num_classes: int, dim: int, n_per_class_train: int, n_per_class_test: 
             f"n_per_class_test >= 0 and snr >= 0; got {num_classes}, {dim}, "
             f"{n_per_class_train}, {n_per_class_test}, {snr}"
         )
+    largest = FLOAT32_MAX / (4 * np.sqrt(dim))  # the means' radius snr·√d, with room for noise and features
+    if max(snrs) > largest:
+        raise DataError(f"gaussian_mixture snr={max(snrs)!r} is too large for float32 data in {dim} dimensions; "
+                        f"give snr <= {largest:.3g}")
 
 
 def _draw(num_classes, dim, n_per_class, seed, stream):
