@@ -28,9 +28,9 @@ MEMBER_KEYS = ("train.l2", "train.learning_rate")
 DEPTH = "depth"
 
 
-def member_keys(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """:data:`MEMBER_KEYS` and the data source's generating number (``data.value_key``), if it has one."""
-    return MEMBER_KEYS + tuple(filter(None, [data.value_key(config.data)]))
+def member_keys(source: str) -> tuple[str, ...]:
+    """:data:`MEMBER_KEYS` and the generating number of data source ``source`` (``data.value_key``), if any."""
+    return MEMBER_KEYS + tuple(filter(None, [data.value_key(source)]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,6 +175,10 @@ def runs(config: ml_collections.ConfigDict) -> list[Run]:
             for values in itertools.product(*(v for _, v in grid)) for seed in config.seeds]
 
 
+def _source(config: ml_collections.ConfigDict, run: Run) -> str:
+    return run.values.get("data.source", config.data.source)
+
+
 def groups(config: ml_collections.ConfigDict) -> list[Group]:
     """The groups of the sweep, in training order.
 
@@ -182,16 +186,18 @@ def groups(config: ml_collections.ConfigDict) -> list[Group]:
     the whole panel in one program) share a group; ``config.max_members`` splits a larger one into
     consecutive parts (``depth_008-part_0``, ...) of at most that many runs, for memory.
     """
-    vmapped = set(member_keys(config)) | ({DEPTH} if config.get("pack") is True else set())
-    data_key = data.value_key(config.data)
-    data_key = data_key if data_key in dict(config.sweep) else None
+    packed = {DEPTH} if config.get("pack") is True else set()
+    swept = {key for key, _ in config.sweep}
     by_key: dict[tuple, list[Run]] = {}
-    for run in runs(config):
+    for run in runs(config):  # member keys per run: the data's generating number depends on its source
+        vmapped = set(member_keys(_source(config, run))) | packed
         by_key.setdefault(tuple((k, v) for k, v in run.point if k not in vmapped), []).append(run)
     limit = config.get("max_members") or len(runs(config))
     out = []
     for shared, members in by_key.items():
         name = point_folder(shared, dict(members[0].folder_names)) or "packed"
+        data_key = data.value_key(_source(config, members[0]))
+        data_key = data_key if data_key in swept else None
         parts = [tuple(members[i:i + limit]) for i in range(0, len(members), limit)]
         out += [Group(name if len(parts) == 1 else f"{name}-part_{i}", part, shared, data_key)
                 for i, part in enumerate(parts)]

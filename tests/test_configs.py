@@ -56,6 +56,18 @@ def test_snrs_train_in_one_program_as_they_train_apart(shallow_snr, tmp_path):
                                    err_msg=key)
 
 
+def test_only_a_source_with_a_generating_number_shares_a_program_across_its_values():
+    """The SNR is a member of the group for the mixture; for MNIST (swept beside it) it is not a number
+    of the data, so its points get a program each (and their data is loaded whole)."""
+    from ncjax import plan
+
+    config = importlib.import_module("ncjax.configs.shallow_snr").get_config("quick")
+    config.sweep = (("data.source", ("gaussian_mixture", "mnist_5k")), ("data.gaussian_mixture.snr", (0.3, 3.0)))
+    got = [(g.name, g.data_values(), len(g.runs)) for g in plan.groups(config)]
+    assert got == [("depth_001-source_gaussian_mixture", (0.3, 0.3, 3.0, 3.0), 4),
+                   ("depth_001-source_mnist_5k-snr_0.3", None, 2), ("depth_001-source_mnist_5k-snr_3", None, 2)]
+
+
 def test_max_members_splits_a_group_into_programs_that_train_the_same(shallow_snr, tmp_path):
     """Two runs per program: the SNRs' groups are trained as two programs, with the same results."""
     config = importlib.import_module("ncjax.configs.shallow_snr").get_config("quick")

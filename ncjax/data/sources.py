@@ -27,9 +27,9 @@ VALID_SOURCES = (
 VALUE_KEYS = {"gaussian_mixture": "gaussian_mixture.snr"}
 
 
-def value_key(config: ml_collections.ConfigDict) -> str | None:
-    """``'data.<key>'`` of ``config.source``'s generating number (e.g. the mixture's SNR), or None."""
-    key = VALUE_KEYS.get(config.source)
+def value_key(source: str) -> str | None:
+    """``'data.<key>'`` of the generating number of data source ``source`` (the mixture's SNR), or None."""
+    key = VALUE_KEYS.get(source)
     return None if key is None else f"data.{key}"
 
 

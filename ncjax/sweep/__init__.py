@@ -264,8 +264,8 @@ class Sweep:
         experiment.validate(config)
         self.mesh = mesh
         self._datasets: dict[str, data.Dataset] = {}
-        self.groups = plan.groups(config)
-        self.config = resolve(config, self.dataset(config.data, self.groups[0].data_values()))
+        self.config = resolve(config, self.dataset(config.data))
+        self.groups = plan.groups(self.config)
         self._feed: tuple[str, feeds.Feed] | None = None
 
     def dataset(self, data_config, values=None) -> data.Dataset:
