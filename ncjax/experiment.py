@@ -27,7 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
     # λ, the learning rate and the number that generates the data (a Gaussian mixture's SNR) train vmapped
     # in one program with the seeds; other keys get a program each.
     c.sweep = ()
-    c.max_members = config_dict.placeholder(int)  # most runs in one program (memory); None = all that can share one
+    # Most runs in one program (memory); None = all that can share one. It names the groups: fixed for a workdir.
+    c.max_members = config_dict.placeholder(int)
     # Every depth of a group in one program (blocks beyond a run's depth masked): True | False | None = auto
     # (auto: a resumed workdir keeps its packing, a new one packs on accelerators, not on CPUs).
     c.pack = config_dict.placeholder(bool)

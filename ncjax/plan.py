@@ -13,7 +13,9 @@ mixture's SNR, and depth when packed), never in shapes or code. The plan is a pu
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import itertools
 import re
 from typing import Any
@@ -142,11 +144,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
         if len(set(map(repr, values))) != len(values):
             raise ConfigError(f"sweep axis {key!r} repeats a value: {tuple(values)}")
         for value in values:
-            try:
-                apply(config, ((key, value),))
+            try:  # on a copy that keeps the fields' types (an unset field's too)
+                copy.deepcopy(config).update_from_flattened_dict({key: value})
             except TypeError:
-                raise ConfigError(f"sweep axis {key!r}: {value!r} is not a {type(node).__name__}, the type of "
-                                  f"its default {node!r}") from None
+                parent = functools.reduce(lambda n, name: n[name], key.split(".")[:-1], config)
+                raise ConfigError(f"sweep axis {key!r}: {value!r} is not of type "
+                                  f"{parent.get_type(key.split('.')[-1]).__name__}, the type of this setting") from None
 
 
 def _short_names(keys: list[str]) -> dict[str, str]:

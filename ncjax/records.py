@@ -50,28 +50,37 @@ def _is_runtime(key: str) -> bool:
     return any(key == r or key.startswith(r + ".") for r in RUNTIME_KEYS)
 
 
+def check_workdir(workdir: Path | str, config: dict[str, Any]) -> None:
+    """Raise WorkdirError unless ``workdir`` is new or holds a run of the same experiment as ``config``
+    (runtime settings may differ); writes nothing."""
+    if Path(workdir).exists() and not Path(workdir).is_dir():
+        raise WorkdirError(f"--workdir={workdir} is a file, not a folder; give a new or an existing run folder")
+    if (Path(workdir) / CONFIG).exists():
+        changed = [key for key in _differences(read_config(workdir), _as_stored(config)) if not _is_runtime(key)]
+        if changed:
+            raise WorkdirError(
+                f"workdir {workdir} holds a run of a different config (differs in: {', '.join(changed[:8])}); "
+                "use another --workdir, or the same config to resume")
+    elif any(p.is_dir() for p in Path(workdir).glob("*/seed_*")):
+        raise WorkdirError(f"workdir {workdir} holds runs but no {CONFIG}; use another --workdir")
+
+
+def _as_stored(config: dict[str, Any]) -> dict[str, Any]:
+    return json.loads(json.dumps(config))  # tuples → lists, as stored
+
+
 def claim_workdir(workdir: Path | str, config: dict[str, Any]) -> None:
     """Write config.json, or check that the workdir's config.json is the same experiment.
 
     A workdir that holds a run of a different experiment is refused (nothing is
     overwritten), so resuming can never mix two experiments.
     """
-    if Path(workdir).exists() and not Path(workdir).is_dir():
-        raise WorkdirError(f"--workdir={workdir} is a file, not a folder; give a new or an existing run folder")
-    path = Path(workdir) / CONFIG
-    config = json.loads(json.dumps(config))  # tuples → lists, as stored
+    check_workdir(workdir, config)
+    path, config = Path(workdir) / CONFIG, _as_stored(config)
     if path.exists():
-        stored = read_config(workdir)
-        changed = [key for key in _differences(stored, config) if not _is_runtime(key)]
-        if changed:
-            raise WorkdirError(
-                f"workdir {workdir} holds a run of a different config (differs in: {', '.join(changed[:8])}); "
-                "use another --workdir, or the same config to resume")
-        if stored != config and is_writer():
+        if read_config(workdir) != config and is_writer():
             atomic_write(path, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return
-    if any(p.is_dir() for p in Path(workdir).glob("*/seed_*")):
-        raise WorkdirError(f"workdir {workdir} holds runs but no {CONFIG}; use another --workdir")
     if is_writer():
         Path(workdir).mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -69,19 +69,25 @@ def test_only_a_source_with_a_generating_number_shares_a_program_across_its_valu
 
 
 def test_max_members_splits_a_group_into_programs_that_train_the_same(shallow_snr, tmp_path):
-    """Two runs per program: the SNRs' groups are trained as two programs, with the same results."""
+    """Depths packed, SNRs vmapped, data streamed from the host, five runs per program: the depth-1
+    runs equal the fixture's (one program of four, data on the device), and re-evaluation agrees."""
     config = importlib.import_module("ncjax.configs.shallow_snr").get_config("quick")
-    config.progress, config.max_members = False, 2
+    config.progress, config.max_members, config.pack, config.depths = False, 5, True, (1, 2)
+    config.data.placement = "host"
     workdir, rows = _run_config(config, tmp_path / "parts")
-    assert sorted(p.parent.name for p in workdir.glob("*/checkpoints")) == ["depth_001-part_0", "depth_001-part_1"]
+    assert sorted(p.parent.name for p in workdir.glob("*/checkpoints")) == ["packed-part_0", "packed-part_1"]
+    depth1 = [r for r in rows if r["depth"] == "1"]
     for key in ("train_loss", "test_accuracy", "nc1_quotient"):
-        np.testing.assert_allclose([float(r[key]) for r in rows], [float(r[key]) for r in shallow_snr[1]], rtol=1e-5,
-                                   err_msg=key)
+        np.testing.assert_allclose([float(r[key]) for r in depth1], [float(r[key]) for r in shallow_snr[1]],
+                                   rtol=1e-5, err_msg=key)
+    before = (workdir / "summary.csv").read_text()
+    sweep.reevaluate(workdir)
+    assert (workdir / "summary.csv").read_text() == before
     config.max_members = 0
     with pytest.raises(errors.ConfigError, match="max_members=0 must be a positive integer"):
         sweep.run(config, tmp_path / "never")
     config.max_members, config.sweep = None, (("data.gaussian_mixture.snr", ("high", 1.0)),)
-    with pytest.raises(errors.ConfigError, match="'high' is not a float, the type of its default"):
+    with pytest.raises(errors.ConfigError, match="'high' is not of type float"):
         sweep.run(config, tmp_path / "never")
     assert not (tmp_path / "never").exists()
 
@@ -96,6 +102,9 @@ def test_a_workdir_grouped_differently_is_refused_untouched(shallow_snr, tmp_pat
     config = importlib.import_module("ncjax.configs.shallow_snr").get_config("quick")
     config.progress = False
     with pytest.raises(errors.WorkdirError, match="grouped the runs differently"):
+        sweep.run(config, workdir)
+    config.max_members = 2  # a different experiment is named as one, before the layout is looked at
+    with pytest.raises(errors.WorkdirError, match="different config .differs in: max_members"):
         sweep.run(config, workdir)
     assert metrics.read_bytes() == before
 

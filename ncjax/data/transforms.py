@@ -16,7 +16,7 @@ def subset_per_class(ds: Dataset, n_per_class: int, seed: int) -> Dataset:
     permutation `np.random.default_rng(seed).permutation(N_train)`; they stay in
     their original order. Small-data collapse studies need this balanced subset.
     """
-    if n_per_class < 1:
+    if not isinstance(n_per_class, int) or isinstance(n_per_class, bool) or n_per_class < 1:
         raise DataError(f"n_per_class must be a positive integer or None, got {n_per_class}")
     order = np.random.default_rng(seed).permutation(len(ds.train_y))
     shuffled_labels = ds.train_y[order]

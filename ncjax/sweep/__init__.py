@@ -270,15 +270,20 @@ class Sweep:
 
     def dataset(self, data_config, values=None) -> data.Dataset:
         """``data_config``'s data set; made for every value of ``values`` at once when given
-        (the members of a group whose data differ only in the number that generates it)."""
+        (the values of the sweep's axis of the number that generates it: every group of that
+        data shares the one data set and its feed)."""
         key = json.dumps([data_config.to_dict(), values], sort_keys=True)
         if key not in self._datasets:
             self._datasets[key] = data.load(data_config, seed=0, values=values)
         return self._datasets[key]
 
+    def _values(self, group: plan.Group) -> tuple | None:
+        """The values of the sweep axis that generates the group's data (None: the data is one set)."""
+        return None if group.data_key is None else tuple(dict(self.config.sweep)[group.data_key])
+
     def prepare(self, group: plan.Group) -> tuple[ml_collections.ConfigDict, data.Dataset]:
         """The group's config, resolved against its data set, and the data set."""
-        dataset = self.dataset(group.config(self.config).data, group.data_values())
+        dataset = self.dataset(group.config(self.config).data, self._values(group))
         return resolve(group.config(self.config), dataset), dataset
 
     def preflight(self) -> None:
@@ -288,7 +293,7 @@ class Sweep:
             key = json.dumps([config.model.to_dict(), config.data.to_dict(), config.train.batch_size], sort_keys=True)
             if key not in checked:
                 checked.add(key)
-                values = group.data_values()
+                values = self._values(group)
                 preflight(config, dataset, self.mesh, None if values is None else values[0])
 
     def check_layout(self, workdir: Path) -> None:
@@ -301,12 +306,13 @@ class Sweep:
             raise WorkdirError(
                 f"{workdir} holds checkpoints of groups this version of ncjax does not train ({', '.join(foreign[:4])}; "
                 f"it trains {', '.join(sorted(names)[:4])}): it was written by an ncjax that grouped the runs "
-                "differently; use a new --workdir (nothing was changed)")
+                "differently; train again in a new --workdir, or re-evaluate it with the ncjax that trained it "
+                "(nothing was changed)")
 
     def group_run(self, group: plan.Group, workdir: Path, read_only: bool = False) -> GroupRun:
         """The group's GroupRun; consecutive groups on the same data share its feed (uploaded once)."""
         config, dataset = self.prepare(group)
-        key = json.dumps([config.data.to_dict(), group.data_values(), config.train.batch_size], sort_keys=True)
+        key = json.dumps([config.data.to_dict(), self._values(group), config.train.batch_size], sort_keys=True)
         if self._feed is None or self._feed[0] != key:
             self.close()
             self._feed = key, feeds.choose(config.data.placement, dataset, config.train.batch_size, self.mesh)
@@ -334,6 +340,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     config = resolve_pack(config, workdir)
     sweep = Sweep(config, parallel.make_mesh(config.mesh.data, config.mesh.fsdp))
     sweep.preflight()
+    records.check_workdir(workdir, sweep.config.to_dict())  # a different experiment is named as such, first
     sweep.check_layout(workdir)
     records.claim_workdir(workdir, sweep.config.to_dict())  # only a config that can run claims a workdir
     stop = StopFlag()
