@@ -109,9 +109,10 @@ TRAIN_CHOICES = (("loss", ("ce", "mse")), ("optimizer", train.OPTIMIZERS), ("sch
                  ("l2_params", objective.L2_PARAMS))
 
 
-def validate_training(c: ml_collections.ConfigDict) -> None:
+def validate_training(c: ml_collections.ConfigDict, steps: str = "steps of every run") -> None:
     """The sections every ncjax runner shares (a sweep's, the continual runner's): ``train`` (the
-    choices it has of :data:`TRAIN_CHOICES`), ``checkpoint`` and the runtime settings."""
+    choices it has of :data:`TRAIN_CHOICES`), ``checkpoint`` and the runtime settings. ``steps``
+    says what ``train.steps`` counts for this runner."""
     t = c.train
     for field, allowed in TRAIN_CHOICES:
         if field in t and t[field] not in allowed:
@@ -124,7 +125,7 @@ def validate_training(c: ml_collections.ConfigDict) -> None:
         if not positive_int(t[field]):
             _fail(f"train.{field}={t[field]!r} must be a positive integer")
     if t.steps is not None and not positive_int(t.steps):
-        _fail(f"train.steps={t.steps!r} must be a positive integer (or unset to use train.epochs)")
+        _fail(f"train.steps={t.steps!r} must be a positive integer ({steps}), or unset to use train.epochs")
     if not positive_int(c.checkpoint.every_steps):
         _fail(f"checkpoint.every_steps={c.checkpoint.every_steps!r} must be a positive integer")
     if c.checkpoint.max_to_keep is not None and not positive_int(c.checkpoint.max_to_keep):

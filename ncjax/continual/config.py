@@ -99,7 +99,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     replaying = [m for m in k.methods if methods.get(m).replay]
     if replaying and k.buffer_size == 0:
         _fail(f"continual.buffer_size=0 but {replaying[0]!r} replays a buffer: give a size > 0 or drop the method")
-    experiment.validate_training(c)
+    experiment.validate_training(c, steps="steps per task")
     try:
         models.validate(c.model)
     except ValueError as error:
