@@ -16,7 +16,9 @@ regime to look for: low SNR, where the training accuracy reaches 1 and NC1 is sm
 the test accuracy is near chance. The four SNRs and the seeds of a (depth, n, d, width) point
 train in one program (the SNR is a number of the program, like a seed: ``ncjax.plan``).
 
-    python -m ncjax.main --config=configs/shallow_snr.py            # 16 points × 2 seeds, minutes on a CPU
+    python -m ncjax.main --config=configs/shallow_snr.py            # 32 points × 2 seeds, minutes on a CPU
+    python -m ncjax.main --config=configs/shallow_snr.py:fine       # 11 SNRs from 0.03 to 10 × 3 seeds, 3 layers,
+                                                                    # d = 64: where collapse and accuracy part
     python -m ncjax.main --config=configs/shallow_snr.py:quick      # seconds (the tests)
 
 CE with λ‖θ‖², Adam, full-batch-sized minibatches: ncjax's choices for this study (the
@@ -25,13 +27,14 @@ paper's theory concerns global optima, not an optimiser).
 
 from ncjax import experiment
 
-PRESETS = {"size": ("default", "quick")}
+PRESETS = {"size": ("default", "fine", "quick")}
+FINE_SNRS = (0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 
 
 def get_config(arg=None):
     p = experiment.parse_presets(arg, PRESETS)
     c = experiment.base_config()
-    c.name = "shallow_snr" + ("_quick" if p["size"] == "quick" else "")
+    c.name = "shallow_snr" + ("" if p["size"] == "default" else f"_{p['size']}")
     c.model.name = "mlp"
     c.data.source = "gaussian_mixture"
     gm = c.data.gaussian_mixture
@@ -48,11 +51,18 @@ def get_config(arg=None):
         c.checkpoint.every_steps = 60
         c.log_every_steps = 20
     else:
-        c.depths, c.seeds = (1, 2), (0, 1)
-        c.sweep = (("data.gaussian_mixture.snr", (0.1, 0.3, 1.0, 3.0)),
-                   ("data.gaussian_mixture.n_per_class_train", (10, 100)),
-                   ("data.gaussian_mixture.dim", (8, 64)),
-                   ("model.width", (256,)))
+        if p["size"] == "fine":  # one program per sample size: the SNRs and seeds are its members
+            c.depths, c.seeds = (2,), (0, 1, 2)
+            c.sweep = (("data.gaussian_mixture.snr", FINE_SNRS),
+                       ("data.gaussian_mixture.n_per_class_train", (10, 100)),
+                       ("data.gaussian_mixture.dim", (64,)),
+                       ("model.width", (256,)))
+        else:
+            c.depths, c.seeds = (1, 2), (0, 1)
+            c.sweep = (("data.gaussian_mixture.snr", (0.1, 0.3, 1.0, 3.0)),
+                       ("data.gaussian_mixture.n_per_class_train", (10, 100)),
+                       ("data.gaussian_mixture.dim", (8, 64)),
+                       ("model.width", (256,)))
         c.train.epochs = 400
         c.checkpoint.every_steps = 2000
         c.evaluate.every_steps = 200  # collapse along training too (small nets: cheap)

@@ -137,3 +137,16 @@ def test_a_config_stored_by_an_older_ncjax_gets_todays_defaults_for_new_keys():
     assert config.evaluate.per_block == experiment.base_config().evaluate.per_block
     assert config.summary.min_train_accuracy == 0.99
     assert config.train.l2 == 0.123 and list(config.depths) == [2, 5]
+
+
+@pytest.mark.parametrize("name", ["linear_head", "resnet_depth", "shallow_snr", "text_depth", "training_dynamics",
+                                  "vit_depth", "continual"])
+def test_every_preset_is_a_valid_config(name):
+    """Each word of each preset group gives a config its runner accepts (checked before any data is loaded)."""
+    from ncjax import experiment
+    from ncjax.continual import config as continual_config
+
+    module = importlib.import_module(f"ncjax.configs.{name}")
+    for word in sorted({w for words in module.PRESETS.values() for w in words}):
+        config = module.get_config(word)
+        (continual_config.validate if config.get("kind") == "continual" else experiment.validate)(config)
