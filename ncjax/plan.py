@@ -7,8 +7,9 @@ network: a point of the grid and a seed; its folder (``depth_008-l2_0.005/seed_0
 holds its metrics. A *group* is the set of runs that train together in one program
 (``ncjax.train``): members differ only in numbers the program takes as inputs
 (:func:`member_keys`: seed, λ, learning rate, the number that generates the data, e.g. a
-mixture's SNR, and depth when packed), never in shapes or code. The plan is a pure function of the config, so a resumed run,
-``ncjax.evaluate`` and :func:`ncjax.checkpoints.load_params` all agree on it.
+mixture's SNR, and depth when packed), never in shapes or code. The plan is a pure function
+of the config, so a resumed run, ``ncjax.evaluate`` and :func:`ncjax.checkpoints.load_params`
+all agree on it.
 """
 
 from __future__ import annotations
@@ -195,9 +196,9 @@ def groups(config: ml_collections.ConfigDict) -> list[Group]:
     for run in runs(config):  # member keys per run: the data's generating number depends on its source
         vmapped = set(member_keys(_source(config, run))) | packed
         by_key.setdefault(tuple((k, v) for k, v in run.point if k not in vmapped), []).append(run)
-    limit = config.get("max_members") or len(runs(config))
     out = []
     for shared, members in by_key.items():
+        limit = config.get("max_members") or len(members)
         name = point_folder(shared, dict(members[0].folder_names)) or "packed"
         data_key = data.value_key(_source(config, members[0]))
         data_key = data_key if data_key in swept else None
