@@ -29,25 +29,13 @@ def enable_compilation_cache() -> None:
 
 
 def fail(message: str, status: int = errors.EXIT_USER) -> int:
-    print(f"error: {message}", file=sys.stderr)
-    return status
+    return errors.fail(message, status)
 
 
 def run_guarded(fn: Callable[[], object]) -> int:
-    """Run ``fn``; map ``ncjax.errors`` to an exit status (other exceptions propagate: status 1)."""
+    """Run ``fn`` with the compilation cache on; map ``ncjax.errors`` to an exit status."""
     enable_compilation_cache()
-    try:
-        fn()
-    except errors.Preempted as notice:
-        print(notice, file=sys.stderr)
-        return errors.EXIT_OK
-    except errors.Diverged as error:
-        return fail(str(error), status=errors.EXIT_DIVERGED)
-    except errors.UserError as error:
-        return fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
-    except KeyboardInterrupt:
-        return fail("interrupted; rerun the same command to resume from the last checkpoint", status=130)
-    return errors.EXIT_OK
+    return errors.run_guarded(fn)
 
 
 def workdir_flag(argv: list[str] | None, program: str) -> str:

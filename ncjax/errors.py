@@ -11,10 +11,15 @@ exit status alone whether to retry, so the mapping is a contract:
 - ``3``: :class:`Diverged`: the loss or the parameters became NaN/Inf; the last
   good checkpoint is kept.
 
-A leaf module: it imports nothing of ncjax, so every other module may raise these.
+A leaf module: it imports nothing of ncjax, so every other module may raise these,
+and every command (``ncjax.main``, the standalone ``python -m ncjax.collapse``) maps them
+to exit statuses with :func:`run_guarded`.
 """
 
 from __future__ import annotations
+
+import sys
+from typing import Callable
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
@@ -56,3 +61,26 @@ class Diverged(RuntimeError):
 
 class Preempted(Exception):
     """SIGTERM or the cluster's preemption notice arrived and a checkpoint was saved (exit status 0)."""
+
+
+def fail(message: str, status: int = EXIT_USER) -> int:
+    """Print ``error: message`` on stderr; return ``status`` for ``sys.exit``."""
+    print(f"error: {message}", file=sys.stderr)
+    return status
+
+
+def run_guarded(fn: Callable[[], object]) -> int:
+    """Run ``fn`` and map these exceptions to the exit statuses above; anything else propagates
+    (Python prints its traceback and exits 1, so a launcher retries it)."""
+    try:
+        fn()
+    except Preempted as notice:
+        print(notice, file=sys.stderr)
+        return EXIT_OK
+    except Diverged as error:
+        return fail(str(error), status=EXIT_DIVERGED)
+    except UserError as error:
+        return fail(str(error).splitlines()[0] if str(error) else type(error).__name__)
+    except KeyboardInterrupt:
+        return fail("interrupted; rerun the same command to resume from the last checkpoint", status=130)
+    return EXIT_OK

@@ -18,14 +18,14 @@ import warnings
 from pathlib import Path
 
 
-from ncjax import cli, errors
+from ncjax import errors
 from ncjax.collapse import files
 from ncjax.collapse.finalise import CLASSIFIER
 from ncjax.collapse.streaming import measure
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2 (through cli.run_guarded), not argparse's usage block
+    def error(self, message):  # one line and exit 2 (through errors.run_guarded), not argparse's usage block
         raise errors.UserError(f"{message} (see python -m ncjax.collapse --help)")
 
 
@@ -94,7 +94,7 @@ def run(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.run_guarded(lambda: run(sys.argv[1:] if argv is None else argv))
+    return errors.run_guarded(lambda: run(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
