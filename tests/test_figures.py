@@ -38,8 +38,8 @@ def _legend(ax):
 
 def test_every_figure_is_written(drawn):
     path, figures = drawn
-    names = {"nc_vs_depth.png", "collapse_vs_steps.png", "nc1_vs_block.png", "cdnv_vs_block.png",
-             "ncc_accuracy_vs_block.png"}
+    names = {"nc_vs_depth.png", "collapse_vs_steps.png", "collapse_vs_loss.png", "nc1_vs_block.png",
+             "cdnv_vs_block.png", "ncc_accuracy_vs_block.png"}
     assert set(figures) == names  # one per-block figure for each *_per_block key, no more
     for name in names:
         assert (path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -117,6 +117,13 @@ def test_training_time_on_a_log_axis_without_failed_runs(drawn):
     kept = [synthetic.line(16, s, 1000, True)["nc1_quotient"] for s in (0, 1)]
     assert math.isclose(top, math.sqrt(kept[0] * kept[1]), rel_tol=1e-9)
     assert "1 failed run left out" in fig._suptitle.get_text()
+
+
+def test_collapse_against_loss_one_line_per_run_that_passes(drawn):
+    fig = drawn[1]["collapse_vs_loss.png"]
+    runs = len(synthetic.DEPTHS) * len(synthetic.SEEDS) - 1
+    assert [len(ax.get_lines()) for ax in fig.axes] == [runs, runs]
+    assert _legend(fig.axes[1]) == [f"L = {d}" for d in synthetic.DEPTHS]
 
 
 def test_per_block_lines_one_per_depth(drawn):

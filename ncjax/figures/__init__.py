@@ -63,17 +63,18 @@ def write(workdir: Path, lines_of: dict[str, list[dict]], rows: list[dict[str, A
         if sloped and len({r[axis] for r in mine}) > 1:
             written.append(workdir / f"nc_vs_{axis.split('.')[-1]}{suffix}.png")
             trend.against_axis(rows, slopes, axis, panel, written[-1], parts)
+        by_point: dict[tuple, list[list[dict]]] = {}  # the successful runs' lines, by point
+        for r in mine:
+            if not r["failed"]:
+                by_point.setdefault(tuple(r.get(a) for a in line_axes), []).append(named[r["run"]])
+        failed = sum(r["failed"] for r in mine)
         if any(len(lines) > 1 for lines in named.values()):  # training time needs two evaluations at least
-            by_point: dict[tuple, list[list[dict]]] = {}
-            for r in mine:
-                if not r["failed"]:
-                    by_point.setdefault(tuple(r.get(a) for a in line_axes), []).append(named[r["run"]])
             written.append(workdir / f"collapse_vs_steps{suffix}.png")
-            training.against_steps(by_point, line_axes, written[-1], parts, sum(r["failed"] for r in mine))
+            training.against_steps(by_point, line_axes, written[-1], parts, failed)
         for metric in blocks.metrics(mine):
             written.append(workdir / f"{metric}_vs_block{suffix}.png")
             blocks.against_block(mine, metric, line_axes, written[-1], parts)
         if any("gradient_norm" in line for lines in named.values() for line in lines):
             written.append(workdir / f"collapse_vs_loss{suffix}.png")
-            training.against_loss(named, written[-1], parts)
+            training.against_loss(by_point, line_axes, written[-1], parts, failed)
     return written

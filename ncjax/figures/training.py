@@ -6,12 +6,11 @@
   pass the failed-run rule (arithmetic for accuracies), with a band from the seeds' minimum
   to their maximum. Failed runs are left out: one chance-level run would dominate a mean.
 - ``collapse_vs_loss.png`` (when the evaluations record the full-batch gradient norm):
-  NC1 against the training loss and against the gradient norm, one line per run.
+  NC1 against the training loss and against the gradient norm, one line per run that passes,
+  coloured by its point.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 from etils.epath import Path
@@ -89,24 +88,33 @@ def against_steps(lines_of: dict[tuple, list[list[dict]]], axes: list[str], path
 
 
 @styled
-def against_loss(runs_lines: dict[str, list[dict[str, Any]]], path: Path, setup: list[str]) -> None:
-    """NC1 against the training loss and against the full-batch gradient norm, along training."""
+def against_loss(lines_of: dict[tuple, list[list[dict]]], axes: list[str], path: Path, setup: list[str],
+                 failed: int) -> None:
+    """NC1 against the training loss and against the full-batch gradient norm along training, one line per
+    run coloured by its point; ``lines_of`` as for :func:`against_steps`."""
     plt = pyplot()
     fig, axs = plt.subplots(1, 2, figsize=(8.0, 3.6), layout="constrained")
-    metric = "nc1_quotient" if any("nc1_quotient" in l for lines in runs_lines.values() for l in lines) else "nc1"
+    runs = [lines for group in lines_of.values() for lines in group]
+    metric = "nc1_quotient" if any("nc1_quotient" in l for lines in runs for l in lines) else "nc1"
+    points = sorted(lines_of, key=point_order)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, max(len(points), 1)))
     for ax, x_key in zip(axs, ("train_loss", "gradient_norm")):
-        for index, (name, lines) in enumerate(runs_lines.items()):
-            pts = [(l[x_key], l[metric]) for l in lines
-                   if finite_positive(l.get(x_key)) and finite_positive(l.get(metric))]
-            if pts:
-                ax.plot(*zip(*pts), marker=".", ms=3, lw=0.8, color=f"C{index % 10}", alpha=0.8, label=name)
+        for color, point in zip(colors, points):
+            for index, lines in enumerate(lines_of[point]):
+                pts = [(l[x_key], l[metric]) for l in lines
+                       if finite_positive(l.get(x_key)) and finite_positive(l.get(metric))]
+                if pts:
+                    ax.plot(*zip(*pts), marker=".", ms=3, lw=0.8, color=color, alpha=0.8,
+                            label=point_label(dict(zip(axes, point))) if index == 0 else None)
         ax.set_xscale("log")
         ax.set_yscale("log")
         readable_log_ticks(ax.xaxis)
         ax.set_xlabel(x_key.replace("_", " ") + (" (full batch, log)" if x_key == "gradient_norm" else " (log)"))
         ax.set_ylabel(f"{label(metric)} (log)")
-    fig.legend(*axs[1].get_legend_handles_labels(), loc="outside right upper", frameon=False,
-               ncol=1 + len(runs_lines) // 16)
-    fig.suptitle(title(setup, ["collapse against loss and gradient norm during training",
-                               "one line per run, from the first evaluation to the last"], fig.get_figwidth()))
+    if points:
+        axs[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    caption = ["collapse against loss and gradient norm during training",
+               "one line per run, from the first evaluation to the last"]
+    caption += [f"{failed} failed run{'s' * (failed != 1)} left out"] if failed else []
+    fig.suptitle(title(setup, caption, fig.get_figwidth()))
     save_figure(fig, path)
