@@ -200,7 +200,8 @@ def _failures(rows: list[dict[str, Any]], shown: int = 4) -> list[str]:
     out = []
     for rule, failed in by_rule.items():
         named = ", ".join(f"{r['run']} {r['reason'][len(rule):].strip()}" for r in failed[:shown])
-        out.append(f"  {rule}: {len(failed)} run{'s' * (len(failed) != 1)} ({named}{', …' if len(failed) > shown else ''})")
+        more = ", …" if len(failed) > shown else ""
+        out.append(f"  {rule}: {len(failed)} run{'s' * (len(failed) != 1)} ({named}{more})")
     return out
 
 
@@ -218,7 +219,8 @@ def report(workdir: Path | str) -> str:
     t = tables(workdir)
     failed, failed_last = (sum(r["failed"] for r in rows) for rows in (t.last3, t.last))
     out = [f"{len(t.last3)} runs: {len(t.last3) - failed} ok, {failed} failed on the mean of their last "
-           f"{estimates.WINDOW} evaluations [last evaluation alone: {len(t.last) - failed_last} ok, {failed_last} failed]"]
+           f"{estimates.WINDOW} evaluations [last evaluation alone: {len(t.last) - failed_last} ok, "
+           f"{failed_last} failed]"]
     out += _failures(t.last3)
     dips = [last for last, last3 in zip(t.last, t.last3) if last["failed"] and not last3["failed"]]
     if dips:
@@ -247,5 +249,6 @@ def report(workdir: Path | str) -> str:
     files = [f for f in ("summary.csv", "slopes.csv") if (workdir / f).exists()]
     files += sorted(p.name for p in workdir.glob("*.png") if not fnmatch.fnmatch(p.name, BLOCK_FIGURES))
     blocks = len(list(workdir.glob(BLOCK_FIGURES)))
-    out.append(f"files in {workdir}: " + ", ".join(files + [f"{blocks} per-block figures ({BLOCK_FIGURES})"] * bool(blocks)))
+    files += [f"{blocks} per-block figures ({BLOCK_FIGURES})"] * bool(blocks)
+    out.append(f"files in {workdir}: " + ", ".join(files))
     return "\n".join(out)

@@ -42,7 +42,8 @@ def line(depth: int, seed: int, step: int, last: bool) -> dict:
     nc1 = 0.5 * depth ** SLOPE * noise * late * (20.0 if (depth, seed) == FAILED else 1.0)
     blocks = [0.5 * (l + 1) ** SLOPE * noise for l in range(depth)]
     return {"depth": depth, "seed": seed, "step": step, "epoch": step / 8,
-            "train_loss": 0.01 * late, "gradient_norm": 0.1 * late, "train_accuracy": accuracy, "test_loss": 0.5, "test_accuracy": 0.8 + 0.01 * seed,
+            "train_loss": 0.01 * late, "gradient_norm": 0.1 * late, "train_accuracy": accuracy,
+            "test_loss": 0.5, "test_accuracy": 0.8 + 0.01 * seed,
             "l2_penalty": 10.0, "objective": 0.06,
             "nc1_quotient": nc1, "test_nc1_quotient": 2 * nc1, "nc1": 1.5 * nc1,
             "nc2_etf_w": 0.1 * (1 + abs(np.log2(depth / 4))) * noise, "nc3_cos": 0.2 * noise, "nc3": 0.3 * noise,

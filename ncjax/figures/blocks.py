@@ -15,7 +15,7 @@ from etils.epath import Path
 
 from ncjax import estimates
 from ncjax.figures.setup import title
-from ncjax.figures.style import point_label, point_order, pyplot, save_figure, styled
+from ncjax.figures.style import count, point_label, point_order, pyplot, save_figure, styled
 
 
 def metrics(rows) -> list[str]:
@@ -48,7 +48,7 @@ def against_block(rows, metric: str, axes: list[str], path: Path, setup: list[st
     ax.set_ylabel(metric + ("" if linear else " (log)"))
     failed = sum(r["failed"] for r in rows)
     caption = [f"{metric} through the layers", f"mean over seeds of each run's last {estimates.WINDOW} evaluations"]
-    caption += [f"{failed} failed run{'s' * (failed != 1)} left out"] if failed else []
+    caption += [f"{count(failed, 'failed run')} left out"] * bool(failed)
     fig.suptitle(title(setup, caption, fig.get_figwidth()))
     if points:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)

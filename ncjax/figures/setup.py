@@ -65,8 +65,8 @@ def data(c: dict) -> str:
     elif source in ("gaussian_mixture", "synthetic_sequences"):
         g = d.get(source, {})
         classes, per_class = g.get("num_classes", classes), per_class or g.get("n_per_class_train")
-        name = (f"Gaussian mixture (dim {_text(g.get('dim'))}, SNR {_text(g.get('snr'))})" if source == "gaussian_mixture"
-                else f"synthetic sequences (length {_text(g.get('length'))})")
+        name = (f"Gaussian mixture (dim {_text(g.get('dim'))}, SNR {_text(g.get('snr'))})"
+                if source == "gaussian_mixture" else f"synthetic sequences (length {_text(g.get('length'))})")
     elif source.startswith("tfds:"):
         name = DATA.get(source[5:], source[5:]) + " (TFDS)"
     elif source.startswith("idx:"):

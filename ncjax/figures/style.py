@@ -87,6 +87,11 @@ def save_figure(fig, path: Path) -> None:
     records.atomic_write(Path(path), png.getvalue())
 
 
+def count(n: int, noun: str) -> str:
+    """'1 failed run', '2 failed runs'."""
+    return f"{n} {noun}{'s' * (n != 1)}"
+
+
 def label(metric: str) -> str:
     return f"{metric} (paper)" if metric in PAPER else metric
 

@@ -17,7 +17,7 @@ from etils.epath import Path
 
 from ncjax import estimates
 from ncjax.figures.setup import title
-from ncjax.figures.style import (PAPER, finite, finite_positive, label, point_label, point_order, pyplot,
+from ncjax.figures.style import (PAPER, count, finite, finite_positive, label, point_label, point_order, pyplot,
                                  readable_log_ticks, save_figure, styled)
 
 # The panels, in order, where the runs record them.
@@ -53,7 +53,7 @@ def against_steps(lines_of: dict[tuple, list[list[dict]]], axes: list[str], path
         fig, ax = plt.subplots(figsize=(6.0, 2.5), layout="constrained")
         ax.text(0.5, 0.5, "no run passed the failed-run rule", transform=ax.transAxes, ha="center")
         ax.set_axis_off()
-        fig.suptitle(title(setup, [f"collapse during training: all {failed} runs failed"], fig.get_figwidth()))
+        fig.suptitle(title(setup, [f"collapse during training: all {count(failed, 'run')} failed"], fig.get_figwidth()))
         return save_figure(fig, path)
     cols = min(len(metrics) + 1, 3 if len(metrics) < 6 else 4)  # a free slot for the legend where it fits
     nrows = -(-len(metrics) // cols)
@@ -82,7 +82,7 @@ def against_steps(lines_of: dict[tuple, list[list[dict]]], axes: list[str], path
     else:
         fig.legend(handles, labels, loc="outside right upper", frameon=False)
     caption = ["collapse during training: geometric mean over seeds (arithmetic for accuracies)",
-               "band: min–max over seeds"] + ([f"{failed} failed run{'s' * (failed != 1)} left out"] if failed else [])
+               "band: min–max over seeds"] + [f"{count(failed, 'failed run')} left out"] * bool(failed)
     fig.suptitle(title(setup, caption, fig.get_figwidth()))
     save_figure(fig, path)
 
@@ -115,6 +115,6 @@ def against_loss(lines_of: dict[tuple, list[list[dict]]], axes: list[str], path:
         axs[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     caption = ["collapse against loss and gradient norm during training",
                "one line per run, from the first evaluation to the last"]
-    caption += [f"{failed} failed run{'s' * (failed != 1)} left out"] if failed else []
+    caption += [f"{count(failed, 'failed run')} left out"] * bool(failed)
     fig.suptitle(title(setup, caption, fig.get_figwidth()))
     save_figure(fig, path)

@@ -37,7 +37,8 @@ FAMILIES = {
 }
 Y_LABELS = {
     "NC1": "within- / between-class variability", "NC2": "distance to a simplex ETF",
-    "NC3": "classifier vs class means", "UNC3": "variance of ⟨w_c, μ_c − μ_G⟩", "NC4": "fraction: classifier ≠ NCC",
+    "NC3": "classifier vs class means", "UNC3": "variance of ⟨w_c, μ_c − μ_G⟩",
+    "NC4": "fraction: classifier ≠ NCC",
     "UFM": "gap or distance to the UFM optimum", "Linear head": "balancedness", "Accuracy": "accuracy",
 }
 
