@@ -29,12 +29,12 @@ import jax
 import numpy as np
 
 import flops
-from ncjax import data, experiment, models, parallel, train
+from ncjax import config, data, models, parallel, train
 from ncjax.data import feed as feeds
 
 
 def model_config(args, depth: int, scan: bool):
-    c = experiment.base_config()
+    c = config.base_config()
     m = c.model
     m.name, m.depth, m.width, m.num_classes = args.model, depth, args.width, 10
     m.dtype, m.scan, m.precision = args.dtype, scan, args.precision

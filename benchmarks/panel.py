@@ -29,7 +29,8 @@ import time
 
 import jax
 
-from ncjax import data, experiment, sweep
+from ncjax import config, data
+from ncjax.sweep import runner as sweep
 
 IMAGES = 4000
 
@@ -37,7 +38,7 @@ IMAGES = 4000
 def panel_config(epochs: int, pack: bool):
     c = importlib.import_module("ncjax.configs.resnet_depth").get_config("rn1,paper")
     c.data.source = "mnist_5k"  # the embedded subset: no download
-    c.depths, c.seeds = experiment.PAPER_DEPTHS, (0, 1, 2, 3, 4)
+    c.depths, c.seeds = config.PAPER_DEPTHS, (0, 1, 2, 3, 4)
     c.data.n_per_class, c.train.epochs, c.train.steps = None, epochs, None
     c.checkpoint.every_steps = 10 ** 9  # one checkpoint (and evaluation) at the end of each group
     c.progress, c.pack = False, pack

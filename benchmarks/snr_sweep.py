@@ -22,7 +22,7 @@ import time
 
 import jax
 
-from ncjax import sweep
+from ncjax.sweep import runner as sweep
 
 SNR = "data.gaussian_mixture.snr"
 

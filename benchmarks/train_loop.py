@@ -1,6 +1,6 @@
 """The training loop against the bare compiled step: how much the trainer adds to the arithmetic.
 
-For each case, steps/s through the real trainer (``ncjax.sweep.GroupRun``: data on the device,
+For each case, steps/s through the real trainer (``ncjax.sweep.runner`` on a ``ncjax.groups.GroupSetup``: data on the device,
 blocks of steps, the logging and checkpoint cadence of the default configs, evaluation of
 every checkpoint, Orbax saves) beside the compiled step alone on a batch already on the
 device (``Program.step``), and their ratio. Compilation is excluded from both: the trainer's
@@ -28,7 +28,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from ncjax import cli, data, experiment, parallel, plan, sweep
+from ncjax import cli, config as ncjax_config, data, groups, loop, parallel, plan
+from ncjax.sweep import runner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,7 +58,7 @@ def case_config(name: str):
     return c
 
 
-def bare_steps_per_s(group_run: sweep.GroupRun, dataset: data.Dataset, repeats: int, steps: int) -> float:
+def bare_steps_per_s(group_run: groups.GroupSetup, dataset: data.Dataset, repeats: int, steps: int) -> float:
     """The compiled step alone, on one batch already on the device (median over repeats)."""
     program = group_run.program
     idx = np.arange(len(group_run.runs) * program.feed.batch_size).reshape(len(group_run.runs), -1)
@@ -75,29 +76,31 @@ def bare_steps_per_s(group_run: sweep.GroupRun, dataset: data.Dataset, repeats: 
     return statistics.median(rates)
 
 
-def trainer_steps_per_s(group_run: sweep.GroupRun) -> tuple[float, float]:
-    """Steps/s of ``GroupRun.train`` on a fresh workdir, its programs compiled beforehand: with
+def trainer_steps_per_s(group_run: groups.GroupSetup) -> tuple[float, float]:
+    """Steps/s of the sweep's trainer on a fresh workdir, its programs compiled beforehand: with
     everything, and without the time spent evaluating checkpoints (measurement, not loop overhead)."""
     import tensorboardX  # noqa: F401  once per process (seconds where torch is installed): not per step
 
     program = group_run.program
-    first = group_run._next_boundary(0)
+    c = group_run.config
+    first = loop.Cadence(group_run.total_steps, c.log_every_steps, c.checkpoint.every_steps,
+                         c.steps_per_call).next_boundary(0)
     state, carry, logs = program.run_block(program.init(), program.carry(0), 0, first)  # compiles the block
     jax.block_until_ready(logs)
-    group_run.evaluator(0, state.params, [{} for _ in group_run.runs])  # compiles the evaluation
+    group_run.evaluator(state.params, [{} for _ in group_run.runs])  # compiles the evaluation
     evaluating = []
-    evaluate = group_run.evaluate
+    measure = group_run.measure
 
-    def timed_evaluate(step, params):
+    def timed_measure(step, params):
         jax.block_until_ready(params)  # the block that produced them is training time
         start = time.perf_counter()
-        lines = evaluate(step, params)
+        lines = measure(step, params)
         evaluating.append(time.perf_counter() - start)
         return lines
 
-    group_run.evaluate = timed_evaluate
+    group_run.measure = timed_measure
     start = time.perf_counter()
-    group_run.train(sweep.StopFlag())
+    runner._train_group(group_run, loop.StopFlag())
     group_run.checkpoints.wait()
     wall = time.perf_counter() - start
     return group_run.total_steps / wall, group_run.total_steps / (wall - sum(evaluating))
@@ -105,17 +108,17 @@ def trainer_steps_per_s(group_run: sweep.GroupRun) -> tuple[float, float]:
 
 def run_case(name: str, repeats: int, bare_steps: int) -> None:
     """Trainer and bare step measured alternately, ``repeats`` times: the ratio is robust to a machine
-    whose load drifts (a fresh workdir and GroupRun each time; the compilation cache makes that cheap)."""
+    whose load drifts (a fresh workdir and GroupSetup each time; the compilation cache makes that cheap)."""
     config = case_config(name)
-    experiment.validate(config)
+    ncjax_config.validate(config)
     dataset = data.load(config.data, seed=0)
-    config = sweep.resolve(config, dataset)
+    config = groups.resolve(config, dataset)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     feed = data.feed.choose(config.data.placement, dataset, config.train.batch_size, mesh)
     loops, loops_without_evaluation, bares = [], [], []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as workdir:
-            group_run = sweep.GroupRun(config, plan.groups(config)[0], dataset, feed, mesh, Path(workdir))
+            group_run = groups.GroupSetup(config, plan.groups(config)[0], dataset, feed, mesh, Path(workdir))
             try:
                 with_all, without_evaluation = trainer_steps_per_s(group_run)
                 loops.append(with_all)

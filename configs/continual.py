@@ -22,7 +22,7 @@ augmentation (the paper's random crop and flip), and a constant learning rate in
 of the README's multi-step schedule (milestones 35 and 45 for 50 epochs).
 """
 
-from ncjax import experiment
+from ncjax import config
 from ncjax.continual import config as continual_config
 
 PRESETS = {"size": ("default", "quick", "paper")}
@@ -30,7 +30,7 @@ ALL_METHODS = ("pronc", "pronc_replay", "fixed_etf", "finetune", "finetune_repla
 
 
 def get_config(arg=None):
-    size = experiment.parse_presets(arg, PRESETS)["size"]
+    size = config.parse_presets(arg, PRESETS)["size"]
     c = continual_config.base_config()
     c.name = "continual" if size == "default" else f"continual_{size}"
     k, t = c.continual, c.train

@@ -16,14 +16,14 @@ plots collapse against m (m = 0 is drawn, not fitted: the axis is logarithmic).
     python -m ncjax.main --config=configs/linear_head.py:resnet,quick
 """
 
-from ncjax import experiment
+from ncjax import config
 
 PRESETS = {"features": ("mlp", "resnet"), "size": ("default", "quick")}
 
 
 def get_config(arg=None):
-    p = experiment.parse_presets(arg, PRESETS)
-    c = experiment.base_config()
+    p = config.parse_presets(arg, PRESETS)
+    c = config.base_config()
     c.name = "linear_head_" + p["features"] + ("_quick" if p["size"] == "quick" else "")
     if p["features"] == "mlp":
         c.model.name, c.depths = "mlp", (3,)

@@ -25,7 +25,7 @@ The argument after ':' is a comma-separated list of presets, one word per group:
   learnable, L2-penalised scale and shift.
 """
 
-from ncjax import experiment
+from ncjax import config
 
 PRESETS = {"model": ("rn1", "rn2", "rn2_inverse"), "size": ("default", "quick", "paper"),
            "data": ("mnist", "cifar", "fashion"), "norm": ("post_ln", "nonpaper_final_ln"),
@@ -34,8 +34,8 @@ DATA_SOURCES = {"cifar": "tfds:cifar10", "fashion": "idx:/usr/share/datasets/fas
 
 
 def get_config(arg=None):
-    p = experiment.parse_presets(arg, PRESETS)
-    c = experiment.base_config()
+    p = config.parse_presets(arg, PRESETS)
+    c = config.base_config()
     c.name = "resnet_depth_" + p["model"] + "".join(f"_{p[g]}" for g in PRESETS if g != "model"
                                                     and p[g] != PRESETS[g][0])
     c.model.name = "rn1" if p["model"] == "rn1" else "rn2"
@@ -53,5 +53,5 @@ def get_config(arg=None):
         c.data.source = DATA_SOURCES[p["data"]]
     elif p["size"] == "paper":
         c.data.source = "tfds:mnist"
-    experiment.apply_size(c, p["size"])
+    config.apply_size(c, p["size"])
     return c

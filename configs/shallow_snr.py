@@ -25,15 +25,15 @@ CE with λ‖θ‖², Adam, full-batch-sized minibatches: ncjax's choices for th
 paper's theory concerns global optima, not an optimiser).
 """
 
-from ncjax import experiment
+from ncjax import config
 
 PRESETS = {"size": ("default", "fine", "quick")}
 FINE_SNRS = (0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
 
 
 def get_config(arg=None):
-    p = experiment.parse_presets(arg, PRESETS)
-    c = experiment.base_config()
+    p = config.parse_presets(arg, PRESETS)
+    c = config.base_config()
     c.name = "shallow_snr" + ("" if p["size"] == "default" else f"_{p['size']}")
     c.model.name = "mlp"
     c.data.source = "gaussian_mixture"

@@ -17,15 +17,15 @@ IMDB must be prepared first on a machine with network:
 ``tfds build imdb_reviews --data_dir=DIR --file_format=array_record``.
 """
 
-from ncjax import experiment
+from ncjax import config
 
 PRESETS = {"data": ("imdb", "synthetic"), "size": ("default", "quick", "paper"),
            "ln": ("free_ln", "nonpaper_affine_ln")}
 
 
 def get_config(arg=None):
-    p = experiment.parse_presets(arg, PRESETS)
-    c = experiment.base_config()
+    p = config.parse_presets(arg, PRESETS)
+    c = config.base_config()
     c.name = "text_depth_" + p["data"] + "".join(f"_{p[g]}" for g in PRESETS if g != "data" and p[g] != PRESETS[g][0])
     c.model.name = "t11"
     c.model.norm = "pre"
@@ -48,5 +48,5 @@ def get_config(arg=None):
         # CPU-sized depths: unrolled blocks make the transformer step faster on a CPU
         # (benchmarks/cpu_transformer_step.py); compile time then grows with depth.
         c.model.scan = False
-    experiment.apply_size(c, p["size"])
+    config.apply_size(c, p["size"])
     return c

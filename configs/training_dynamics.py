@@ -10,7 +10,7 @@ The run: a three-layer ReLU network (``model.name='mlp'``, two hidden layers of 
 then the classifier) trained with MSE by full-batch gradient descent (a batch of the whole
 training set, a constant step: a discretised gradient flow) on a well-separated Gaussian
 mixture, and evaluated every 25 steps (``evaluate.every_steps``): NC1, the training loss and
-the full-batch gradient norm of the objective (``evaluate.gradient_norm``).
+the full-batch gradient norm of the objective (the ``gradient_norm`` evaluator).
 ``collapse_vs_loss.png`` draws NC1 against both along training, ``collapse_vs_steps.png``
 against time. The network uses ncjax's standard parametrisation, not the paper's mean-field
 scaling (a width large enough to be close to the mean-field regime is the stand-in).
@@ -19,14 +19,14 @@ scaling (a width large enough to be close to the mean-field regime is the stand-
     python -m ncjax.main --config=configs/training_dynamics.py:quick
 """
 
-from ncjax import experiment
+from ncjax import config
 
 PRESETS = {"size": ("default", "quick")}
 
 
 def get_config(arg=None):
-    p = experiment.parse_presets(arg, PRESETS)
-    c = experiment.base_config()
+    p = config.parse_presets(arg, PRESETS)
+    c = config.base_config()
     c.name = "training_dynamics" + ("_quick" if p["size"] == "quick" else "")
     c.model.update(name="mlp", width=512)
     c.depths = (2,)
@@ -35,7 +35,7 @@ def get_config(arg=None):
     gm.num_classes, gm.dim, gm.snr, gm.n_per_class_train, gm.n_per_class_test = 4, 16, 2.0, 64, 250
     c.train.update(loss="mse", optimizer="sgd", momentum=0.0, schedule="constant", learning_rate=0.05,
                    l2=1e-4, batch_size=256)
-    c.evaluate.update(every_steps=25, gradient_norm=True)
+    c.evaluate.update(every_steps=25, evaluators=c.evaluate.evaluators + ("gradient_norm",))
     c.log_every_steps = 25
     c.summary.min_train_accuracy = 0.0
     if p["size"] == "quick":

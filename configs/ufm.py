@@ -14,14 +14,14 @@ e.g. ``--config.l2s='(1e-3,1e-2)'``.
 import ml_collections
 from ml_collections import config_dict
 
-from ncjax import experiment
+from ncjax import config
 
 PRESETS = {"size": ("default", "quick"), "loss": ("ce", "mse"), "features": ("layernorm", "sphere", "free"),
            "bias": ("bias", "nobias")}
 
 
 def get_config(arg=None):
-    p = experiment.parse_presets(arg, PRESETS)
+    p = config.parse_presets(arg, PRESETS)
     size, loss, features, bias = p["size"], p["loss"], p["features"], p["bias"]
     c = ml_collections.ConfigDict()
     c.kind = "ufm"  # python -m ncjax.main runs the UFM sweep (ncjax.ufm_sweep), not a depth sweep

@@ -25,7 +25,7 @@ E.g. ``configs/vit_depth.py:quick,t12,nonpaper_pre_ln``. Any value can then be o
 ``--config.model.width=128 --config.depths='(2,4,8)'``.
 """
 
-from ncjax import experiment
+from ncjax import config
 
 PRESETS = {"size": ("default", "quick", "paper"), "arch": ("t11", "t12"), "data": ("mnist", "cifar", "fashion"),
            "norm": ("post_ln", "nonpaper_pre_ln"), "ln": ("free_ln", "nonpaper_affine_ln")}
@@ -33,8 +33,8 @@ DATA_SOURCES = {"cifar": "tfds:cifar10", "fashion": "idx:/usr/share/datasets/fas
 
 
 def get_config(arg=None):
-    p = experiment.parse_presets(arg, PRESETS)
-    c = experiment.base_config()
+    p = config.parse_presets(arg, PRESETS)
+    c = config.base_config()
     c.name = "vit_depth" + "".join(f"_{p[g]}" for g in PRESETS if p[g] != PRESETS[g][0])
     c.model.name = p["arch"]
     c.model.norm = "pre" if p["norm"] == "nonpaper_pre_ln" else "post"
@@ -57,5 +57,5 @@ def get_config(arg=None):
         c.data.source = DATA_SOURCES[p["data"]]
     elif p["size"] == "paper":
         c.data.source = "tfds:mnist"
-    experiment.apply_size(c, p["size"])
+    config.apply_size(c, p["size"])
     return c

@@ -1,13 +1,10 @@
-"""What every ncjax command shares: the exit statuses of ``ncjax.errors`` and one-line user errors.
-
-A user error (:class:`ncjax.errors.UserError`) prints one line and exits 2; a
-diverged run exits 3; a preempted one 0 after saving. Anything else is not
-caught here: Python prints its traceback and exits 1, so a launcher retries it.
-Imported by the command entry points only, never by the library.
+"""The command line of ``ncjax.main``: absl flag parsing with one-line errors, packaged configs, the
+compilation cache. Imported by ``ncjax.main`` only, never by the library (exit statuses: ``ncjax.errors``).
 """
 
 from __future__ import annotations
 
+import ast
 import re
 import sys
 from pathlib import Path
@@ -28,34 +25,46 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", str(Path.home() / ".cache" / "ncjax" / "xla"))
 
 
-def fail(message: str, status: int = errors.EXIT_USER) -> int:
-    return errors.fail(message, status)
-
-
 def run_guarded(fn: Callable[[], object]) -> int:
     """Run ``fn`` with the compilation cache on; map ``ncjax.errors`` to an exit status."""
     enable_compilation_cache()
     return errors.run_guarded(fn)
 
 
-def workdir_flag(argv: list[str] | None, program: str) -> str:
-    """The --workdir of a command that takes nothing else."""
-    argv = sys.argv[1:] if argv is None else argv
-    values = [a.split("=", 1)[1] for a in argv if a.startswith("--workdir=")]
-    others = [a for a in argv if not a.startswith("--workdir=")]
-    if len(values) != 1 or others:
-        raise errors.WorkdirError(f"usage: python -m {program} --workdir=PATH (got: {' '.join(argv) or 'nothing'})")
-    return values[0]
+def config_help() -> str:
+    """The --config flag's help: the installed configs and their presets (read from the files, not run)."""
+    lines = ["Experiment config file, configs/<name>.py[:preset,...] (or just <name>.py: the installed one).",
+             "Installed configs and their presets (first of each group is the default):"]
+    for file in sorted(configs.path("").glob("*.py")):
+        if file.name.startswith("_"):
+            continue
+        presets = _presets(file)
+        listed = "; ".join("|".join(words) for words in presets.values()) if presets else "no presets"
+        lines.append(f"  {file.name}: {listed}")
+    return "\n".join(lines)
+
+
+def _presets(file: Path) -> dict[str, tuple[str, ...]]:
+    for node in ast.parse(file.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "PRESETS" for t in node.targets):
+            try:
+                return ast.literal_eval(node.value)
+            except ValueError:
+                return {}
+    return {}
 
 
 def packaged_config(argv: list[str]) -> list[str]:
-    """``--config=vit_depth.py[:preset]`` from the installed package when no such file is here."""
-    out = []
-    for arg in argv:
+    """``--config=vit_depth.py[:preset]`` (or ``--config vit_depth.py``) from the installed package when no
+    such file is here; the space form is joined into ``--config=...``."""
+    out, args = [], iter(argv)
+    for arg in args:
+        if arg in ("--config", "-config"):
+            arg = f"--config={next(args, '')}"
         if arg.startswith("--config="):
             file, colon, preset = arg[len("--config="):].partition(":")
             packaged = configs.path(Path(file).name)
-            if not Path(file).exists() and packaged.exists():
+            if file and not Path(file).exists() and packaged.exists():
                 arg = f"--config={packaged}{colon}{preset}"
         out.append(arg)
     return out
@@ -70,7 +79,7 @@ def parse_flags(argv: list[str]) -> list[str]:
             flags.FLAGS.config.to_dict()  # config files load lazily: surface their errors here
         return rest
     except Exception as error:  # noqa: BLE001  config files can raise anything while loading
-        sys.exit(fail(_unknown_key(argv) or _last_line(error)))
+        sys.exit(errors.fail(_unknown_key(argv) or _last_line(error)))
 
 
 def _last_line(error: Exception) -> str:

@@ -1,24 +1,70 @@
-"""The experiment config: every field of a depth sweep with its default, and its checks.
+"""The experiment config: every field of a depth sweep with its default, the sections every
+kind of run shares, and the checks that run once, before anything is written.
 
-Config files in ``configs/`` start from :func:`base_config` and change what
-their experiment needs; the command line overrides any value. The config is
-locked, so a misspelt ``--config.train.lerning_rate`` is an error, not a new key.
+Config files in ``configs/`` start from :func:`base_config` (a depth sweep) or from a kind's
+own base built on the same sections (:func:`train_section`, :func:`checkpoint_section`,
+:func:`add_runtime`); the command line overrides any value. The config is locked, so a
+misspelt ``--config.train.lerning_rate`` is an error, not a new key.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 
 import ml_collections
 from ml_collections import config_dict
 
-from ncjax import data, models, objective, plan, train
+from ncjax import data, models, plan, train
+from ncjax.evaluate import group as evaluation
 from ncjax.errors import ConfigError
 
 
+def train_section(objective: bool = True) -> ml_collections.ConfigDict:
+    """The ``train`` section: the optimiser, its schedule, the batch, the length and the L2 penalty.
+
+    ``objective``: also the data loss and λ's depth schedule (a depth sweep's; the continual
+    runner's loss is its methods')."""
+    t = ml_collections.ConfigDict()
+    if objective:
+        t.loss = "ce"  # ce | mse
+        t.mse_target_scale = 1.0
+    t.optimizer = "adam"  # sgd | adam (ncjax's choice: the paper's optimiser is not reported)
+    t.learning_rate = 0.005
+    t.momentum = 0.9  # sgd only
+    t.schedule = "cosine"  # constant | cosine | warmup_cosine; cosine ends runs near a minimum
+    t.warmup_steps = 0
+    t.batch_size = 128  # global, over all devices and hosts
+    t.epochs = 10
+    t.steps = config_dict.placeholder(int)  # if set, overrides epochs
+    t.l2 = 0.005  # λ in data loss + λ‖θ‖²
+    if objective:
+        t.l2_schedule = "constant"  # constant | inverse_depth (λ/L)
+    t.l2_exclude = ()  # regexes of parameter paths without penalty, e.g. ('bias', 'norm')
+    # The L2 convention (unverified: the paper's cannot be read, docs/paper.md#what-is-not-known):
+    # full = λ‖θ‖², half = (λ/2)‖θ‖², decoupled = the optimiser decays the weights (AdamW; SGD + decay);
+    # which parameters: all, or weights (no biases, no LayerNorm scale/shift).
+    t.l2_form = "full"
+    t.l2_params = "all"
+    return t
+
+
+def checkpoint_section() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(every_steps=500, max_to_keep=config_dict.placeholder(int)))
+
+
+def add_runtime(c: ml_collections.ConfigDict) -> None:
+    """The settings of how a run executes (``records.RUNTIME_KEYS``: they may change between reruns)."""
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
+    c.eval_batch_size = 512
+    c.log_every_steps = 50  # train_log.jsonl and TensorBoard: loss, its parts, gradient norm
+    c.steps_per_call = 1000  # most train steps in one compiled call (blocks also end at log/checkpoint steps)
+    c.progress = True  # a progress bar per group (steps/s, ETA)
+
+
 def base_config() -> ml_collections.ConfigDict:
-    """The paper's reported setup (width 64, CE, λ = 0.005, lr 0.005; science.md §2), and ncjax's own choices
-    where the paper reports none (Adam, batch 128, a cosine schedule), each a config value."""
+    """The paper's reported setup (width 64, CE, λ = 0.005, lr 0.005; docs/paper.md#reported-settings), and
+    ncjax's own choices where the paper reports none (Adam, batch 128, a cosine schedule), each a config value."""
     c = ml_collections.ConfigDict()
     c.name = "experiment"  # default workdir: runs/<name>
     c.depths = (2, 4, 8)
@@ -34,38 +80,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.pack = config_dict.placeholder(bool)
     c.model = models.default_config()
     c.data = data.default_config()
-
-    t = c.train = ml_collections.ConfigDict()
-    t.loss = "ce"  # ce | mse
-    t.mse_target_scale = 1.0
-    t.optimizer = "adam"  # sgd | adam (ncjax's choice: the paper's optimiser is not reported)
-    t.learning_rate = 0.005
-    t.momentum = 0.9  # sgd only
-    t.schedule = "cosine"  # constant | cosine | warmup_cosine; cosine ends runs near a minimum
-    t.warmup_steps = 0
-    t.batch_size = 128  # global, over all devices and hosts
-    t.epochs = 10
-    t.steps = config_dict.placeholder(int)  # if set, overrides epochs
-    t.l2 = 0.005  # λ in data loss + λ‖θ‖²
-    t.l2_schedule = "constant"  # constant | inverse_depth (λ/L)
-    t.l2_exclude = ()  # regexes of parameter paths without penalty, e.g. ('bias', 'norm')
-    # The L2 convention (unverified: the paper's cannot be read, science.md §2): full = λ‖θ‖²,
-    # half = (λ/2)‖θ‖², decoupled = the optimiser decays the weights (AdamW; SGD + decay);
-    # which parameters: all, or weights (no biases, no LayerNorm scale/shift).
-    t.l2_form = "full"
-    t.l2_params = "all"
-
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, max_to_keep=config_dict.placeholder(int)))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))  # -1: all remaining devices
-    c.eval_batch_size = 512
+    c.train = train_section()
+    c.checkpoint = checkpoint_section()
+    add_runtime(c)
     c.evaluate = ml_collections.ConfigDict(dict(
         every_steps=config_dict.placeholder(int),  # evaluate this often; None = at every checkpoint
-        gradient_norm=False,  # also the full-batch gradient norm of the objective (one backward pass per point)
+        # The plug-ins measured at every evaluation, in order (ncjax.evaluate.evaluators); those that do not
+        # apply (no test split, no linear head) are skipped. 'gradient_norm' adds one backward pass per point.
+        evaluators=evaluation.DEFAULT,
         per_block="all",  # every classifier-free collapse metric of every block's output | nc1 (and ncc_accuracy)
     ))
-    c.log_every_steps = 50  # train_log.jsonl and TensorBoard: loss, its parts, gradient norm
-    c.steps_per_call = 1000  # most train steps in one compiled call (blocks also end at log/checkpoint steps)
-    c.progress = True  # a progress bar per group (steps/s, ETA)
     # Reporting (runtime: `python -m ncjax.sweep --workdir=W` redraws with the values in config.json).
     c.summary = ml_collections.ConfigDict(dict(
         min_train_accuracy=0.99,  # a run whose final training accuracy is lower fails (left out of the fits)
@@ -77,6 +101,11 @@ def base_config() -> ml_collections.ConfigDict:
 def stored_config(stored: dict) -> ml_collections.ConfigDict:
     """A workdir's stored config on today's defaults: a key added to ncjax since the workdir was
     written takes its default, so an older workdir can still be re-evaluated and summarised."""
+    stored = json.loads(json.dumps(stored))
+    evaluate = stored.get("evaluate", {})
+    if "gradient_norm" in evaluate:  # before evaluate.evaluators, a flag asked for the gradient norm
+        flag = evaluate.pop("gradient_norm")
+        evaluate.setdefault("evaluators", list(evaluation.DEFAULT) + (["gradient_norm"] if flag else []))
     config = ml_collections.ConfigDict(base_config().to_dict())
     config.update(stored)  # recursive: nested sections merge, keys the defaults lack are added
     return config
@@ -87,7 +116,9 @@ def _fail(message: str):
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-    """Raise ConfigError with a one-line fix for the first bad value (of the base config or of any sweep point)."""
+    """Raise ConfigError with a one-line fix for the first bad value (of the base config or of any sweep point).
+
+    The one full check of a depth sweep's config: it runs once per command, before any file is written."""
     plan.validate(c)
     _validate_values(c)
     for values in itertools.product(*(v for _, v in c.sweep)):
@@ -100,32 +131,18 @@ def positive_int(value) -> bool:
 
 def validate_seeds(seeds) -> None:
     values = tuple(seeds) if isinstance(seeds, (tuple, list)) else (seeds,)
-    if not values or any(not isinstance(s, int) or s < 0 for s in values) or len(set(values)) != len(values):
+    if not values or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in values) \
+            or len(set(values)) != len(values):
         _fail(f"seeds={seeds!r}: give distinct integers >= 0, e.g. --config.seeds='(0,1,2)'")
 
 
-TRAIN_CHOICES = (("loss", ("ce", "mse")), ("optimizer", train.OPTIMIZERS), ("schedule", train.SCHEDULES),
-                 ("l2_schedule", train.L2_SCHEDULES), ("l2_form", tuple(objective.L2_FORMS)),
-                 ("l2_params", objective.L2_PARAMS))
-
-
-def validate_training(c: ml_collections.ConfigDict, steps: str = "steps of every run") -> None:
-    """The sections every ncjax runner shares (a sweep's, the continual runner's): ``train`` (the
-    choices it has of :data:`TRAIN_CHOICES`), ``checkpoint`` and the runtime settings. ``steps``
-    says what ``train.steps`` counts for this runner."""
-    t = c.train
-    for field, allowed in TRAIN_CHOICES:
-        if field in t and t[field] not in allowed:
-            _fail(f"train.{field}={t[field]!r} is not supported; choose one of: {', '.join(allowed)}")
-    if not t.l2 >= 0:
-        _fail(f"train.l2={t.l2!r}: the L2 coefficient λ must be >= 0")
-    if not t.learning_rate > 0:
-        _fail(f"train.learning_rate={t.learning_rate!r} must be > 0")
-    for field in ("batch_size", "epochs"):
-        if not positive_int(t[field]):
-            _fail(f"train.{field}={t[field]!r} must be a positive integer")
-    if t.steps is not None and not positive_int(t.steps):
-        _fail(f"train.steps={t.steps!r} must be a positive integer ({steps}), or unset to use train.epochs")
+def validate_runtime(c: ml_collections.ConfigDict, steps: str = "steps of every run") -> None:
+    """The sections every runner shares: ``train`` (:func:`ncjax.train.validate`), ``checkpoint`` and the
+    runtime settings. ``steps`` says what ``train.steps`` counts for this runner."""
+    try:
+        train.validate(c.train, steps)
+    except ValueError as error:
+        _fail(str(error))
     if not positive_int(c.checkpoint.every_steps):
         _fail(f"checkpoint.every_steps={c.checkpoint.every_steps!r} must be a positive integer")
     if c.checkpoint.max_to_keep is not None and not positive_int(c.checkpoint.max_to_keep):
@@ -140,14 +157,24 @@ def _validate_values(c: ml_collections.ConfigDict) -> None:
     if not depths or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in depths):
         _fail(f"depths={c.depths!r}: every depth must be an integer >= 1, e.g. --config.depths='(2,4,8)'")
     validate_seeds(c.seeds)
-    validate_training(c)
+    validate_runtime(c)
     if c.max_members is not None and not positive_int(c.max_members):
         _fail(f"max_members={c.max_members!r} must be a positive integer (or unset: every run that can share a "
               "program does)")
+    try:
+        evaluation.validate(c.evaluate.evaluators)
+    except ValueError as error:
+        _fail(str(error))
     if c.evaluate.per_block not in ("all", "nc1"):
         _fail(f"evaluate.per_block={c.evaluate.per_block!r}: choose all or nc1")
     if c.evaluate.every_steps is not None and not positive_int(c.evaluate.every_steps):
         _fail(f"evaluate.every_steps={c.evaluate.every_steps!r} must be a positive integer (or unset)")
+    if not (isinstance(c.summary.min_train_accuracy, (int, float)) and 0 <= c.summary.min_train_accuracy <= 1):
+        _fail(f"summary.min_train_accuracy={c.summary.min_train_accuracy!r} must be a number in [0, 1]")
+    try:
+        data.validate(c.data)
+    except ValueError as error:
+        _fail(str(error))
     probe = ml_collections.ConfigDict(c.model.to_dict())
     probe.depth = depths[0]
     try:

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ncjax.models.layers import CLASSIFIER
 from ncjax.models.stack import BLOCKS
 
 LOSSES = ("ce", "mse")
@@ -125,3 +126,27 @@ def l2_penalty(params, exclude: Sequence[str] = (), *, which: str = "all",
         if kept:
             total = total + jnp.sum(mask * jnp.square(leaf.astype(jnp.float32)))
     return total
+
+
+def block_penalties(params, exclude: Sequence[str] = (), *, which: str = "all") -> jax.Array:
+    """Every block's own ‖θ_l‖² [L] (the penalised entries of ``params['blocks']``); [0] for a model
+    without stacked blocks. How the penalty is spread over depth (``l2_penalty`` is the whole sum)."""
+    blocks = params.get(BLOCKS)
+    if blocks is None:
+        return jnp.zeros((0,), jnp.float32)
+    keep = jax.tree.leaves(penalised({BLOCKS: blocks}, which, exclude))
+    leaves = jax.tree.leaves(blocks)
+    depth = leaves[0].shape[0]
+    total = jnp.zeros((depth,), jnp.float32)
+    for leaf, kept in zip(leaves, keep):
+        if kept:
+            total = total + jnp.sum(jnp.square(leaf.astype(jnp.float32)).reshape(depth, -1), -1)
+    return total
+
+
+def classifier_bias_penalised(params, which: str = "all", exclude: Sequence[str] = ()) -> bool:
+    """Whether the classifier's bias is in the penalty (False without a bias): the UFM comparison needs it."""
+    mask = penalised(params, which, exclude)
+    for key in CLASSIFIER:
+        mask = mask[key]
+    return bool(mask.get("bias", False))

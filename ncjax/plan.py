@@ -8,8 +8,8 @@ holds its metrics. A *group* is the set of runs that train together in one progr
 (``ncjax.train``): members differ only in numbers the program takes as inputs
 (:func:`member_keys`: seed, λ, learning rate, the number that generates the data, e.g. a
 mixture's SNR, and depth when packed), never in shapes or code. The plan is a pure function
-of the config, so a resumed run, ``ncjax.evaluate`` and :func:`ncjax.checkpoints.load_params`
-all agree on it.
+of the config (it imports no training code), so a resumed run, ``ncjax.evaluate`` and
+:func:`ncjax.checkpoints.load_params` all agree on it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import ml_collections
 
-from ncjax import data, train
+from ncjax import data
 from ncjax.errors import ConfigError
 
 # Swept keys that members of one group may differ in: they enter the program as numbers (train.Hyper).
@@ -95,16 +95,6 @@ class Group:
     def data_values(self) -> tuple | None:
         """Each member's value of :attr:`data_key` (the data is made for all of them at once), or None."""
         return None if self.data_key is None else tuple(r.values[self.data_key] for r in self.runs)
-
-    def hyper(self, base: ml_collections.ConfigDict) -> train.Hyper:
-        """Each member's seed, λ (after the depth schedule), learning rate, depth and data value."""
-        configs = [r.config(base) for r in self.runs]
-        return train.Hyper.of(
-            seeds=[r.seed for r in self.runs],
-            l2s=[train.l2_coefficient(c.train, r.depth) for c, r in zip(configs, self.runs)],
-            learning_rates=[c.train.learning_rate for c in configs],
-            depths=[r.depth for r in self.runs],
-            data_values=self.data_values())
 
 
 def apply(base: ml_collections.ConfigDict, point) -> ml_collections.ConfigDict:

@@ -115,9 +115,12 @@ def read_metrics(run: Path | str) -> list[dict[str, Any]]:
     return read_lines(Path(run) / METRICS)
 
 
-def write_metrics(run: Path | str, records: Iterable[dict[str, Any]]) -> None:
-    """Replace metrics.jsonl with ``records`` (sorted by step), atomically."""
-    _write_lines(Path(run) / METRICS, records)
+def write_metrics(run: Path | str, lines: Iterable[dict[str, Any]]) -> None:
+    """The one writer of a run's metrics.jsonl (training, re-evaluation, the continual runner): ``lines``
+    replace the lines at their steps, every other line is kept; the file is replaced atomically."""
+    lines = list(lines)
+    steps = {line["step"] for line in lines}
+    _write_lines(Path(run) / METRICS, [r for r in read_metrics(run) if r["step"] not in steps] + lines)
 
 
 def read_train_log(run: Path | str) -> list[dict[str, Any]]:

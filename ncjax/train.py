@@ -17,6 +17,8 @@ parameters and ``diverged_at`` records the step; the others train on.
 from __future__ import annotations
 
 import functools
+import math
+import re
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -31,11 +33,57 @@ from jax.sharding import PartitionSpec as P
 
 from ncjax import models, objective, parallel
 from ncjax.data.feed import Feed
+from ncjax.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
 L2_SCHEDULES = ("constant", "inverse_depth")
 STEP_LOGS = ("loss", "data_loss", "l2_penalty", "accuracy", "grad_norm")
+CHOICES = (("loss", objective.LOSSES), ("optimizer", OPTIMIZERS), ("schedule", SCHEDULES),
+           ("l2_schedule", L2_SCHEDULES), ("l2_form", tuple(objective.L2_FORMS)), ("l2_params", objective.L2_PARAMS))
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def validate(t: ml_collections.ConfigDict, steps: str = "steps of every run") -> None:
+    """Raise ConfigError with a one-line fix for the first bad value of a ``train`` section (the fields it has):
+    every choice known, every number finite and in range, every ``l2_exclude`` pattern a valid regex.
+    ``steps`` says what ``train.steps`` counts for the runner."""
+    def fail(message):
+        raise ConfigError(message)
+
+    for field, allowed in CHOICES:
+        if field in t and t[field] not in allowed:
+            fail(f"train.{field}={t[field]!r} is not supported; choose one of: {', '.join(allowed)}")
+    if not (_number(t.learning_rate) and t.learning_rate > 0):
+        fail(f"train.learning_rate={t.learning_rate!r} must be a finite number > 0")
+    if not (_number(t.l2) and t.l2 >= 0):
+        fail(f"train.l2={t.l2!r}: the L2 coefficient λ must be a finite number >= 0")
+    if not (_number(t.momentum) and 0 <= t.momentum < 1):
+        fail(f"train.momentum={t.momentum!r} must be a finite number in [0, 1)")
+    if "mse_target_scale" in t and not (_number(t.mse_target_scale) and t.mse_target_scale > 0):
+        fail(f"train.mse_target_scale={t.mse_target_scale!r} must be a finite number > 0")
+    if not (isinstance(t.warmup_steps, int) and not isinstance(t.warmup_steps, bool) and t.warmup_steps >= 0):
+        fail(f"train.warmup_steps={t.warmup_steps!r} must be an integer >= 0")
+    for field in ("batch_size", "epochs"):
+        if not _count(t[field]):
+            fail(f"train.{field}={t[field]!r} must be a positive integer")
+    if t.steps is not None and not _count(t.steps):
+        fail(f"train.steps={t.steps!r} must be a positive integer ({steps}), or unset to use train.epochs")
+    patterns = t.l2_exclude if isinstance(t.l2_exclude, (tuple, list)) else None
+    if patterns is None or not all(isinstance(p, str) for p in patterns):
+        fail(f"train.l2_exclude={t.l2_exclude!r}: give a tuple of regular expressions, e.g. \"('bias', 'norm')\"")
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as error:
+            fail(f"train.l2_exclude: {pattern!r} is not a regular expression ({error})")
 
 
 @struct.dataclass

@@ -8,7 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from ncjax import errors, records, sweep
+from ncjax import errors, records
+from ncjax.evaluate.reevaluate import reevaluate
+from ncjax.sweep import runner as sweep
 
 
 def _run(name, tmp_path):
@@ -81,7 +83,7 @@ def test_max_members_splits_a_group_into_programs_that_train_the_same(shallow_sn
         np.testing.assert_allclose([float(r[key]) for r in depth1], [float(r[key]) for r in shallow_snr[1]],
                                    rtol=1e-5, err_msg=key)
     before = (workdir / "summary.csv").read_text()
-    sweep.reevaluate(workdir)
+    reevaluate(workdir)
     assert (workdir / "summary.csv").read_text() == before
     config.max_members = 0
     with pytest.raises(errors.ConfigError, match="max_members=0 must be a positive integer"):
@@ -128,13 +130,13 @@ def test_training_dynamics_records_loss_and_gradient_norm_often(tmp_path):
 
 
 def test_a_config_stored_by_an_older_ncjax_gets_todays_defaults_for_new_keys():
-    from ncjax import experiment
+    from ncjax import config as ncjax_config
 
-    stored = experiment.base_config().to_dict()
+    stored = ncjax_config.base_config().to_dict()
     del stored["evaluate"]["per_block"], stored["summary"]  # keys that older workdirs lack
     stored["train"]["l2"], stored["depths"] = 0.123, [2, 5]
-    config = experiment.stored_config(stored)
-    assert config.evaluate.per_block == experiment.base_config().evaluate.per_block
+    config = ncjax_config.stored_config(stored)
+    assert config.evaluate.per_block == ncjax_config.base_config().evaluate.per_block
     assert config.summary.min_train_accuracy == 0.99
     assert config.train.l2 == 0.123 and list(config.depths) == [2, 5]
 
@@ -143,10 +145,10 @@ def test_a_config_stored_by_an_older_ncjax_gets_todays_defaults_for_new_keys():
                                   "vit_depth", "continual"])
 def test_every_preset_is_a_valid_config(name):
     """Each word of each preset group gives a config its runner accepts (checked before any data is loaded)."""
-    from ncjax import experiment
+    from ncjax import config as ncjax_config
     from ncjax.continual import config as continual_config
 
     module = importlib.import_module(f"ncjax.configs.{name}")
     for word in sorted({w for words in module.PRESETS.values() for w in words}):
         config = module.get_config(word)
-        (continual_config.validate if config.get("kind") == "continual" else experiment.validate)(config)
+        (continual_config.validate if config.get("kind") == "continual" else ncjax_config.validate)(config)

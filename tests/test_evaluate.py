@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from nc_reference import reference_metrics
-from ncjax import data, evaluate, experiment, models, objective, parallel, train
+from ncjax import data, evaluate, config, models, objective, parallel, train
 from ncjax.data import feed as feeds
 
 K, N, DEPTH = 4, 100, 2  # N is not a multiple of the evaluation batch: the padded tail is exercised
@@ -21,11 +21,11 @@ def setup():
     y = np.arange(N, dtype=np.int32) % K
     x = (means[y] + rng.normal(size=(N, 6))).astype(np.float32)
     dataset = data.Dataset(x, y, x[:40], y[:40], K, "vector", "mixture")
-    c = experiment.base_config()
+    c = config.base_config()
     c.model.update(name="rn1", depth=DEPTH, width=16, num_classes=K, input="vector")
     c.train.update(batch_size=32, l2=0.01)
     c.eval_batch_size = 24
-    c.evaluate.gradient_norm = True
+    c.evaluate.evaluators += ("gradient_norm",)
     mesh = parallel.make_mesh()
     feed = feeds.choose("device", dataset, 32, mesh)
     module = models.build(c.model)
@@ -41,7 +41,7 @@ def _lines(setup, resident):
                                abstract_params=program.abstract_state.params,
                                train_arrays=feed.arrays if resident else None)
     try:
-        return evaluator(20, state.params, [dict(seed=0), dict(seed=1)])
+        return evaluator(state.params, [dict(seed=0), dict(seed=1)])
     finally:
         evaluator.close()
 
@@ -78,8 +78,24 @@ def test_lines_equal_direct_computations(setup):
         grads = jax.grad(full_objective)(params)
         norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads)))
         assert line["gradient_norm"] == pytest.approx(norm, rel=1e-4)
-        test_logits = np.asarray(module.apply({"params": params}, dataset.test_x)[0])
+        test_logits, test_features = (np.asarray(a, np.float64) for a in module.apply({"params": params},
+                                                                                      dataset.test_x))
         assert line["test_accuracy"] == pytest.approx(np.mean(test_logits.argmax(1) == dataset.test_y))
+        # Test-set collapse: NC1 around the test classes' own means; NCC and NC4 against the training means.
+        test_y = dataset.test_y
+        assert line["test_nc1_quotient"] == pytest.approx(
+            reference_metrics(test_features, test_y, K)["nc1_quotient"], rel=2e-4)
+        train_means = np.stack([np.asarray(features, np.float64)[dataset.train_y == c].mean(0) for c in range(K)])
+        nearest = np.argmin(((test_features[:, None, :] - train_means[None]) ** 2).sum(-1), 1)
+        assert line["test_ncc_accuracy"] == pytest.approx(np.mean(nearest == test_y))
+        assert line["test_nc4"] == pytest.approx(np.mean(nearest != test_logits.argmax(1)))
+        # Every block's own ‖θ_l‖², and the whole objective against the UFM optimum.
+        blocks_params = jax.tree.leaves(params["blocks"])
+        per_block = [sum(np.sum(np.asarray(leaf[l], np.float64) ** 2) for leaf in blocks_params) for l in range(DEPTH)]
+        np.testing.assert_allclose(line["block_l2_per_block"], per_block, rtol=1e-5)
+        assert line["blocks_l2"] == pytest.approx(sum(per_block), rel=1e-5)
+        assert line["ufm_gap_full_relative"] == pytest.approx(
+            (line["objective"] - line["ufm_optimum"]) / line["ufm_optimum"], rel=1e-6)
 
 
 def test_resident_and_streamed_splits_agree(setup):
@@ -96,7 +112,7 @@ def test_a_linear_head_reports_its_balancedness(tmp_path):
     x = rng.normal(size=(64, 5)).astype(np.float32)
     y = (np.arange(64) % 3).astype(np.int32)
     dataset = data.Dataset(x, y, None, None, 3, "vector", "noise")
-    c = experiment.base_config()
+    c = config.base_config()
     c.model.update(name="mlp", depth=1, width=8, num_classes=3, input="vector", head_depth=2)
     c.train.batch_size, c.eval_batch_size = 32, 32
     mesh = parallel.make_mesh()
@@ -107,7 +123,7 @@ def test_a_linear_head_reports_its_balancedness(tmp_path):
     evaluator = evaluate.build(module, dataset, c, mesh, hyper, packed=False,
                                abstract_params=program.abstract_state.params)
     try:
-        (line,) = evaluator(0, state.params, [dict(seed=0)])
+        (line,) = evaluator(state.params, [dict(seed=0)])
     finally:
         evaluator.close()
     head = jax.device_get(state.params["head"])

@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from ncjax import data, experiment, models, objective, parallel, train
+from ncjax import data, config, models, objective, parallel, train
 from ncjax.data import feed as feeds
 
 TOTAL = 12
@@ -21,7 +21,7 @@ def _dataset(n=96):
 
 
 def _program(name="rn1", mesh=None, placement="device", learning_rates=(0.005, 0.005), depth=2):
-    c = experiment.base_config()
+    c = config.base_config()
     c.model.update(name=name, width=16, num_heads=2, depth=depth, patch_size=4)
     c.train.batch_size = 32
     ds = _dataset()
@@ -123,7 +123,7 @@ def test_mesh_shapes():
 
 def test_a_packed_group_is_the_separate_runs():
     """Depths 1 and 3 in one program (blocks beyond a member's depth masked) train exactly as apart."""
-    c = experiment.base_config()
+    c = config.base_config()
     c.model.update(name="rn1", width=16, depth=3)
     c.train.batch_size = 32
     ds = _dataset()
@@ -155,7 +155,7 @@ def test_a_packed_group_is_the_separate_runs():
 def test_l2_conventions_in_the_step(form, params):
     """One SGD step against the update written out: θ − η(∇loss + c·2λθ) for the penalty forms (c = 1, ½),
     θ − η(∇loss + λθ) for decoupled decay, on the penalised parameters only."""
-    c = experiment.base_config()
+    c = config.base_config()
     c.model.update(name="rn1", width=8, depth=2)
     c.train.update(batch_size=32, optimizer="sgd", momentum=0.0, schedule="constant", learning_rate=0.1,
                    l2=0.05, l2_form=form, l2_params=params)

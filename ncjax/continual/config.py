@@ -12,7 +12,7 @@ import math
 import ml_collections
 from ml_collections import config_dict
 
-from ncjax import data, experiment, models
+from ncjax import config as configs, data, models
 from ncjax.continual import methods
 from ncjax.continual.splits import SCENARIOS
 from ncjax.errors import ConfigError
@@ -45,26 +45,17 @@ def base_config() -> ml_collections.ConfigDict:
     k.buffer_size = 200  # samples kept by the *_replay methods (--buffer_size)
     k.replay_seed = 0  # which samples the buffer keeps: shared by the seeds (they share one data feed)
 
-    t = c.train = ml_collections.ConfigDict()
-    t.optimizer = "sgd"  # sgd | adam
+    t = c.train = configs.train_section(objective=False)  # the loss is the methods' (continual.methods)
+    t.optimizer = "sgd"
     t.learning_rate = 0.03
     t.momentum = 0.0  # sgd only (--optim_mom 0)
-    t.schedule = "constant"  # constant | cosine | warmup_cosine, restarted on every task
-    t.warmup_steps = 0
+    t.schedule = "constant"  # restarted on every task
     t.batch_size = 32
-    t.epochs = 5  # per task
-    t.steps = config_dict.placeholder(int)  # per task; overrides epochs
+    t.epochs = 5  # per task (train.steps: per task too)
     t.l2 = 0.0  # λ in loss + λ‖θ‖² (--optim_wd 0)
-    t.l2_exclude = ()  # regexes of parameter paths without penalty
-    t.l2_form = "full"  # full | half | decoupled (see ncjax.experiment.base_config)
-    t.l2_params = "all"  # all | weights
 
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=500, max_to_keep=config_dict.placeholder(int)))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1))
-    c.eval_batch_size = 512
-    c.log_every_steps = 50
-    c.steps_per_call = 1000
-    c.progress = True
+    c.checkpoint = configs.checkpoint_section()
+    configs.add_runtime(c)
     return c
 
 
@@ -83,13 +74,13 @@ def _distinct(name: str, values, allowed, example: str) -> None:
 
 def validate(c: ml_collections.ConfigDict) -> None:
     """Raise ConfigError with a one-line fix for the first bad value (before any data is loaded)."""
-    experiment.validate_seeds(c.seeds)
+    configs.validate_seeds(c.seeds)
     k = c.continual
     _distinct("continual.methods", k.methods, tuple(methods.METHODS), "('pronc', 'finetune')")
     _distinct("continual.scenarios", k.scenarios, SCENARIOS, "('class_incremental',)")
-    if not experiment.positive_int(k.num_tasks) or k.num_tasks < 2:
+    if not configs.positive_int(k.num_tasks) or k.num_tasks < 2:
         _fail(f"continual.num_tasks={k.num_tasks!r} must be an integer >= 2")
-    if k.classes_per_task is not None and not experiment.positive_int(k.classes_per_task):
+    if k.classes_per_task is not None and not configs.positive_int(k.classes_per_task):
         _fail(f"continual.classes_per_task={k.classes_per_task!r} must be a positive integer (or unset)")
     for field in ("ce_weight", "align_weight", "distill_weight"):
         if not (isinstance(k[field], (int, float)) and math.isfinite(k[field]) and k[field] >= 0):
@@ -99,7 +90,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     replaying = [m for m in k.methods if methods.get(m).replay]
     if replaying and k.buffer_size == 0:
         _fail(f"continual.buffer_size=0 but {replaying[0]!r} replays a buffer: give a size > 0 or drop the method")
-    experiment.validate_training(c, steps="steps per task")
+    configs.validate_runtime(c, steps="steps per task")
     try:
         models.validate(c.model)
     except ValueError as error:

@@ -32,7 +32,6 @@ Workdir: ``config.json``; ``<point>/checkpoints``; ``<point>/seed_<n>/metrics.js
 from __future__ import annotations
 
 import dataclasses
-import sys
 from typing import Any
 
 import jax
@@ -40,17 +39,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from etils.epath import Path
-from tqdm import tqdm
 
-from ncjax import checkpoints, data, experiment, models, parallel, plan, records, train
+from ncjax import checkpoints, config as configs, data, loop, models, parallel, plan, records, train
 from ncjax.continual import config as continual_config
 from ncjax.continual import evaluation, methods, objective, report
 from ncjax.continual.etf import check_width, grow_etf, nearest_etf, random_etf
 from ncjax.continual.replay import replay_indices
 from ncjax.continual.splits import TaskSplit, split_tasks
 from ncjax.data import feed as feeds
-from ncjax.errors import ConfigError, DataError, Diverged, Preempted, WorkdirError
-from ncjax.sweep import StopFlag
+from ncjax.errors import ConfigError, DataError, Diverged, WorkdirError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,11 +257,11 @@ class PointRun:
             identity = dict(step=step, method=self.method.name, scenario=self.point.scenario, seed=self.seeds[m])
             if self.diverged[m]:
                 identity.update(status="diverged", diverged_at_step=int(self.diverged[m]))
-            records.write_metrics(run, previous[m] + [dict(line, **identity)])
+            records.write_metrics(run, [dict(line, **identity)])
 
     # ------------------------------------------------------------------ training
 
-    def train(self, stop: StopFlag) -> None:
+    def train(self, stop: loop.StopFlag) -> None:
         program = self.program(0)
         restored = self.restore(program)  # before any file is written: a bad checkpoint changes nothing
         if restored is None:
@@ -277,8 +274,7 @@ class PointRun:
             state = self._state(start, params, opt_state, program)
         for run in self.runs:
             records.truncate(run, self.offsets[task] + start)
-        bar = tqdm(total=self.offsets[-1], initial=self.offsets[task] + start, desc=self.point.folder, unit="step",
-                   disable=not (self.config.progress and records.is_writer()), dynamic_ncols=True, file=sys.stderr)
+        bar = loop.progress_bar(self.offsets[-1], self.offsets[task] + start, self.point.folder, self.config.progress)
         try:
             while True:
                 if start == self.steps[task]:  # the task is done and checkpointed
@@ -290,63 +286,35 @@ class PointRun:
                     task, start = task + 1, 0
                     program = self.program(task)
                     state, carried = self.begin(task, state.params, carried, program)
-                state = self._train_task(program, task, start, state, carried, stop, bar)
-                carried = self.finish(task, state, carried)
+                state, carried, finished = self._train_task(program, task, start, state, carried, stop, bar)
+                if not finished:
+                    return  # every member diverged: nothing left to train
                 start = self.steps[task]
-                if stop.raised:  # preempted on the task's last block: its checkpoint is the one just saved
-                    self.checkpoints.wait()
-                    raise Preempted(f"preempted at {self.point.folder} after task {task}: checkpoint saved; "
-                                    "rerun the same command to resume")
         finally:
             bar.close()
 
-    def _next_boundary(self, task: int, step: int) -> int:
-        c = self.config
-        ends = [self.steps[task], step + c.steps_per_call]
-        ends += [(step // every + 1) * every for every in (c.log_every_steps, c.checkpoint.every_steps)]
-        return min(ends)
-
     def _train_task(self, program: train.Program, task: int, step: int, state: train.TrainState, carried: Carried,
-                    stop: StopFlag, bar) -> train.TrainState:
-        """Train task ``task`` from ``step`` to its end; checkpoints on the way; returns the final state."""
-        extras = self.extras(task, carried, program)
-        carry = program.carry(step)
-        pending = None
-        while step < self.steps[task]:
-            length = self._next_boundary(task, step) - step
-            state, carry, logs = program.run_block(state, carry, step, length, extras)
-            if pending is not None:  # the previous block's logs, while this block computes
-                self._log(task, *pending)
-            pending, step = (step, logs), step + length
-            bar.update(length)
-            preempted = stop.raised or self.checkpoints.reached_preemption(self.offsets[task] + step)
-            if preempted or step % self.config.checkpoint.every_steps == 0 or step == self.steps[task]:
-                self._log(task, *pending)
-                pending = None
-                if step == self.steps[task]:
-                    break  # the task's last step is saved by finish()
-                self.save(task, step, state, carried)
-                if preempted:
-                    self.checkpoints.wait()
-                    raise Preempted(f"preempted at {self.point.folder}, task {task}, step {step}: checkpoint saved; "
-                                    "rerun the same command to resume")
-        if pending is not None:
-            self._log(task, *pending)
-        return state
+                    stop: loop.StopFlag, bar) -> tuple[train.TrainState, Carried, bool]:
+        """Train task ``task`` from ``step`` to its end, checkpoints on the way; its last save is the
+        task's end (:meth:`finish`). Returns the final state, what the next task inherits, and whether
+        the task finished (False: every member diverged before its end)."""
+        c = self.config
+        cadence = loop.Cadence(end=self.steps[task], log_every=c.log_every_steps,
+                               checkpoint_every=c.checkpoint.every_steps, steps_per_call=c.steps_per_call)
+        log = loop.TrainLog(self.runs, cadence, self.diverged, offset=self.offsets[task], fields=dict(task=task))
+        ended = {"carried": carried, "finished": False}
 
-    def _log(self, task: int, start: int, logs) -> None:
-        """Append the train log of one finished block (every ``log_every_steps``) and note divergences."""
-        logs = {k: np.asarray(v, np.float64) for k, v in jax.device_get(logs).items()}
-        steps = self.offsets[task] + start + 1 + np.arange(len(logs["loss"]))
-        bad = ~(np.isfinite(logs["loss"]) & np.isfinite(logs["grad_norm"]))  # [T, M]
-        for m in np.flatnonzero(bad.any(0) & (self.diverged == 0)):
-            self.diverged[m] = steps[np.argmax(bad[:, m])]
-        every, end = self.config.log_every_steps, self.offsets[task + 1]
-        due = [i for i, s in enumerate(steps) if (s - self.offsets[task]) % every == 0 or s == end]
-        for m, run in enumerate(self.runs):
-            records.append_train_log(run, [dict(step=int(steps[i]), task=task, **{k: float(v[i, m]) for k, v in
-                                                                               logs.items()})
-                                           for i in due if not self.diverged[m] or steps[i] < self.diverged[m]])
+        def save(step_in_task: int, state: train.TrainState) -> None:
+            if step_in_task == self.steps[task]:
+                ended.update(carried=self.finish(task, state, carried), finished=True)
+            else:
+                self.save(task, step_in_task, state, carried)
+
+        hooks = loop.Hooks(save=save, preempted=lambda s: self.checkpoints.reached_preemption(self.offsets[task] + s),
+                           wait=self.checkpoints.wait)
+        state, _ = loop.train_blocks(program, state, step, cadence, log, hooks, stop,
+                                     f"{self.point.folder}, task {task}", bar, self.extras(task, carried, program))
+        return state, ended["carried"], ended["finished"]
 
     def failures(self) -> list[str]:
         return [f"{self.point.folder}, seed {s} at step {int(d)}" for s, d in zip(self.seeds, self.diverged) if d]
@@ -362,8 +330,11 @@ _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # a teacher that the
 def resolve(config: ml_collections.ConfigDict, dataset: data.Dataset, split: TaskSplit) -> ml_collections.ConfigDict:
     """The config with what the data decides filled in (classes of the split, input kind)."""
     config = ml_collections.ConfigDict(config.to_dict())
-    experiment.fit_model_to_data(config.model, dataset, num_classes=split.num_classes)
-    continual_config.validate(config)
+    configs.fit_model_to_data(config.model, dataset, num_classes=split.num_classes)
+    try:
+        models.validate(config.model)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return config
 
 
@@ -399,17 +370,16 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     for split in splits.values():
         preflight(config, split, mesh)
     records.claim_workdir(workdir, config.to_dict())  # only a config that can run claims a workdir
-    stop = StopFlag()
-    stop.install()
     forward = evaluation.Forward(models.build(config.model), mesh, config.eval_batch_size)
     failures = []
-    for point in points(config):
-        point_run = PointRun(config, point, splits[point.scenario], mesh, workdir, forward)
-        try:
-            point_run.train(stop)
-            failures += point_run.failures()
-        finally:
-            point_run.close()
+    with loop.StopFlag() as stop:
+        for point in points(config):
+            point_run = PointRun(config, point, splits[point.scenario], mesh, workdir, forward)
+            try:
+                point_run.train(stop)
+                failures += point_run.failures()
+            finally:
+                point_run.close()
     if records.is_writer():
         report.write(workdir)
     if failures:

@@ -5,7 +5,7 @@ Imports nothing else of ncjax.
 
 from ncjax.data.batches import PAD_LABEL, eval_batches
 from ncjax.data.dataset import DataError, Dataset
-from ncjax.data.sources import default_config, load, value_key
+from ncjax.data.sources import default_config, load, validate, value_key
 
 __all__ = [
     "PAD_LABEL",
@@ -14,5 +14,6 @@ __all__ = [
     "default_config",
     "eval_batches",
     "load",
+    "validate",
     "value_key",
 ]

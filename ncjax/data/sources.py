@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -58,6 +60,15 @@ def default_config() -> ml_collections.ConfigDict:
             "n_per_class_test": 200,
         },
     })
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Raise DataError (a ValueError) for a generating number no data can be made from (before any is)."""
+    snr = config.gaussian_mixture.snr
+    if not (isinstance(snr, (int, float)) and not isinstance(snr, bool) and math.isfinite(snr) and snr >= 0):
+        raise DataError(f"data.gaussian_mixture.snr={snr!r} must be a finite number >= 0")
+    if config.n_per_class is not None and (not isinstance(config.n_per_class, int) or config.n_per_class < 1):
+        raise DataError(f"data.n_per_class={config.n_per_class!r} must be a positive integer (or unset: all)")
 
 
 def load(config: ml_collections.ConfigDict, seed: int = 0, values=None) -> Dataset:

@@ -1,8 +1,4 @@
-"""``python -m ncjax.evaluate --workdir=W``: re-evaluate every checkpoint of a workdir, rewrite metrics.jsonl."""
+"""``python -m ncjax.evaluate --workdir=W``: re-evaluate every checkpoint of a workdir."""
+from ncjax import main
 
-import sys
-
-from ncjax import cli, sweep
-
-if __name__ == "__main__":
-    sys.exit(cli.run_guarded(lambda: sweep.reevaluate(cli.workdir_flag(sys.argv[1:], "ncjax.evaluate"))))
+main.evaluate_main()

@@ -45,7 +45,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ncjax.models.config import RESNETS, default_config, validate
-from ncjax.models.layers import Layers
+from ncjax.models.layers import CLASSIFIER, Layers
 from ncjax.models.mlp import MLP
 from ncjax.models.resnet import ResNet
 from ncjax.models.stack import BLOCKS
@@ -103,5 +103,7 @@ def logical_specs(module: nn.Module, sample_input: jax.Array) -> Any:
 
 def classifier_weights(params: dict[str, Any]) -> tuple[jax.Array, jax.Array | None]:
     """The classifier's ``W`` [K, d] (rows are classes) and ``b`` [K] (None without a bias)."""
-    head = params["head"]["classifier"]
+    head = params
+    for key in CLASSIFIER:
+        head = head[key]
     return head["kernel"].T, head.get("bias")

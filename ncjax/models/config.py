@@ -6,6 +6,8 @@ in one readable line instead of deep inside a Flax trace.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -96,8 +98,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _choice("input", c.input, INPUTS[fam])
     _choice("dtype", c.dtype, DTYPES)
     _choice("precision", c.precision, tuple(PRECISIONS))
-    if not c.init_scale > 0:
-        raise ConfigError(f"model.init_scale={c.init_scale!r} must be > 0")
+    if not (isinstance(c.init_scale, (int, float)) and math.isfinite(c.init_scale) and c.init_scale > 0):
+        raise ConfigError(f"model.init_scale={c.init_scale!r} must be a finite number > 0")
     if c.mlp_dim is not None:
         _positive("mlp_dim", c.mlp_dim)
     if c.remat_policy is not None:

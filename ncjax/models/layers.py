@@ -102,6 +102,9 @@ class Layers:
                             scale_init=ones, bias_init=zeros(("embed",)), name=name)
 
 
+CLASSIFIER = ("head", "classifier")  # the params path of every model's classifier (the Head named "head")
+
+
 class Head(nn.Module):
     """Optional final LayerNorm, ``head_depth`` linear layers, then the classifier.
 

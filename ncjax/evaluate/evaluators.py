@@ -1,0 +1,371 @@
+"""The evaluator plug-ins: what is measured at every checkpoint, on all members of a group at once.
+
+Each plug-in declares what it reads of the evaluators before it (``needs``) and returns its
+own results, ``{key: one value per member}``; the keys it lists in ``shares`` are handed
+on to later plug-ins but are not written to the metrics lines (e.g. the training set's
+class statistics). :mod:`ncjax.evaluate.group` runs them in the config's order and checks
+that every need is met by an earlier plug-in.
+
+- :class:`TrainSet` (``train_set``): loss, accuracy and the collapse statistics of the
+  training set, of the features that enter the classifier and of every block's output;
+- :class:`TestSet` (``test_set``): loss, accuracy, and collapse on held-out data (NC1,
+  and NCC accuracy and NC4 against the training class means);
+- :class:`Penalty` (``penalty``): ‖θ‖², the full objective and every block's ‖θ_l‖²;
+- :class:`AgainstUFM` (``ufm``): the gap and distance to the unconstrained-features optimum;
+- :class:`Balancedness` (``balancedness``, a model with a linear head);
+- :class:`GradientNorm` (``gradient_norm``): the full-batch gradient norm of the objective.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from ncjax import collapse, models, objective, train, ufm
+from ncjax.evaluate.passes import Pass, Split
+
+Results = dict[str, Any]  # key → one value per member (or a shared object, for the keys in ``shares``)
+
+
+class Evaluator:
+    """A plug-in; ``needs``: keys of earlier plug-ins' results it reads; ``provides``: the keys of its
+    results that later plug-ins may need (it may return more); ``shares``: its results that are
+    inputs of later plug-ins rather than metrics."""
+
+    needs: tuple[str, ...] = ()
+    provides: tuple[str, ...] = ()
+    shares: tuple[str, ...] = ()
+
+    def compile(self) -> None:
+        """Compile the evaluator's device programs ahead of the first checkpoint (optional)."""
+
+    def __call__(self, params: Any, inputs: Results) -> Results:
+        raise NotImplementedError
+
+
+class Model:
+    """The forward pass of every member, for the evaluators: (logits, features, blocks) of a batch.
+
+    ``hyper`` (on the device, every leaf [M]) is what the members differ in; each evaluator's
+    program takes it as the per-member constant beside the parameters.
+    """
+
+    def __init__(self, module: nn.Module, hyper: train.Hyper, packed: bool, abstract_params: Any,
+                 inputs: Callable | None = None):
+        self.module, self.depths, self.packed = module, np.asarray(hyper.depth), packed
+        self.abstract_params, self.inputs = abstract_params, inputs or (lambda x, value: x)
+        self.members = len(self.depths)
+        self.hyper = jax.tree.map(jnp.asarray, hyper)
+
+    def forward(self, params, member: train.Hyper, x):
+        """One member: logits [B, K], features [B, d], blocks [L, B, d] (float32); ``x``: rows of a split
+        (composed into the member's inputs when its data is made per member, ``Dataset.inputs``)."""
+        extra = dict(active_depth=member.depth) if self.packed else {}
+        logits, features, blocks = self.module.apply({"params": params}, self.inputs(x, member.data_value),
+                                                     train=False, return_blocks=True, **extra)
+        return logits, features.astype(jnp.float32), blocks.astype(jnp.float32)
+
+    def classifiers(self, params) -> tuple[np.ndarray, np.ndarray | None]:
+        """Every member's classifier ``W`` [M, K, d] and ``b`` [M, K] (None without a bias), on the host."""
+        return jax.device_get(jax.vmap(models.classifier_weights)(params))
+
+
+def _loss_sums(logits, y, loss_kind: str, target_scale: float):
+    """[Σ loss, Σ correct, count] over the valid (non-padding) rows of one member's batch."""
+    valid = (y >= 0).astype(jnp.float32)
+    loss = objective.per_example_loss(logits, jnp.maximum(y, 0), loss_kind, target_scale)
+    correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
+    return jnp.stack([jnp.sum(loss * valid), jnp.sum(correct * valid), jnp.sum(valid)])
+
+
+def _rates(sums) -> tuple[np.ndarray, np.ndarray]:
+    """Mean loss and accuracy of every member from [M, 3] loss sums."""
+    sums = np.asarray(sums, np.float64)
+    return sums[:, 0] / sums[:, 2], sums[:, 1] / sums[:, 2]
+
+
+class TrainSet(Evaluator):
+    """Training loss and accuracy, and the collapse metrics of the final features and of every block.
+
+    ``ncjax.collapse``'s two passes over the training set: pass 1 the class statistics of the
+    features and of every block's output (and the loss sums), pass 2 what needs the final class
+    means (``nc4``, ``nc3_cos``, the nearest-class-centre accuracy of every block, and ``nc1``
+    through K×K projections when K ≤ width). Every metric of the final features goes in the line
+    under its name; per block (``<metric>_per_block``, one value per block of the run) the
+    classifier-free ones (``evaluate.per_block``: ``all``, or ``nc1`` alone). A metric NaN by
+    definition (NC2 on centred means with two classes; nc1 when every class mean coincides) is
+    recorded with its reason under ``undefined``. Shares the final features' class statistics
+    (``train_stats``) and their pass-2 reference (``train_reference``).
+    """
+
+    provides = ("train_loss", "train_accuracy")
+    shares = ("train_stats", "train_reference")
+
+    def __init__(self, model: Model, split: Split, train_config: ml_collections.ConfigDict, num_classes: int,
+                 per_block: str):
+        self.model, self.split, self.k, self.per_block = model, split, num_classes, per_block
+        c = train_config
+        forward = jax.vmap(model.forward, in_axes=(0, 0, None))
+
+        def first(carry, consts, x, y):
+            stats, block_stats, sums = carry
+            params, members = consts
+            logits, features, blocks = forward(params, members, x)
+            stats, block_stats = collapse.accumulate(stats, features, y), collapse.accumulate(block_stats, blocks, y)
+            sums = sums + jax.vmap(_loss_sums, in_axes=(0, None, None, None))(logits, y, c.loss, c.mse_target_scale)
+            return stats, block_stats, sums
+
+        def second(carry, consts, x, y):
+            final, blocks_second = carry
+            params, members, reference, block_reference = consts
+            logits, features, blocks = forward(params, members, x)
+            weight, bias = jax.vmap(models.classifier_weights)(params)
+            final = collapse.accumulate_second(final, reference, features, y, weight, bias, logits)
+            return final, collapse.accumulate_second(blocks_second, block_reference, blocks, y)
+
+        self._first, self._second = Pass(first, split), Pass(second, split)
+        self._reference = jax.jit(lambda s, b: (collapse.reference(s), collapse.reference(b)))
+        shapes = jax.eval_shape(forward, model.abstract_params, model.hyper,
+                                jax.ShapeDtypeStruct((1, *split.host[0].shape[1:]), split.host[0].dtype))
+        self._width, self._depth, self._block_width = shapes[1].shape[-1], shapes[2].shape[1], shapes[2].shape[-1]
+
+    def _empty(self):
+        m, k = self.model.members, self.k
+        # The final features keep their D×D scatter (the effective rank of their covariance needs it);
+        # the blocks take the cheaper route (no L×D×D array when K ≤ width).
+        return (collapse.empty_stats(k, self._width, (m,), scatter=True),
+                collapse.empty_stats(k, self._block_width, (m, self._depth),
+                                     scatter=collapse.prefer_scatter(k, self._block_width)),
+                jnp.zeros((m, 3), jnp.float32))
+
+    def _empty_second(self, stats, block_stats):
+        return collapse.empty_second(stats, classifier=True), collapse.empty_second(block_stats)
+
+    def compile(self) -> None:
+        params, members = self.model.abstract_params, self.model.hyper
+        carry = self._empty()
+        self._first.compile(carry, (params, members))
+        references = jax.eval_shape(self._reference, carry[0], carry[1])
+        self._second.compile(jax.eval_shape(self._empty_second, carry[0], carry[1]), (params, members) + references)
+
+    def __call__(self, params, inputs: Results) -> Results:
+        consts = (params, self.model.hyper)
+        stats, block_stats, sums = self._first(self._empty(), consts)
+        references = self._reference(stats, block_stats)
+        final, blocks = self._second(self._empty_second(stats, block_stats), consts + references)
+        weight, bias = self.model.classifiers(params)
+        stats, block_stats, sums, final, blocks = jax.device_get((stats, block_stats, sums, final, blocks))
+        with warnings.catch_warnings(record=True) as undefined:
+            warnings.simplefilter("always", collapse.UndefinedMetricWarning)
+            values = collapse.metrics(stats, weight, bias, second=final)
+            per_block = collapse.metrics(block_stats, second=blocks)
+        reasons = "; ".join(sorted({str(w.message) for w in undefined
+                                    if issubclass(w.category, collapse.UndefinedMetricWarning)}))
+        names = [n for n in collapse.CLASSIFIER_FREE if n in per_block]
+        if self.per_block == "nc1":
+            names = [n for n in names if n in ("nc1", "ncc_accuracy")]
+        loss, accuracy = _rates(sums)
+        depths = [int(d) for d in self.model.depths]
+        out = dict(train_loss=loss, train_accuracy=accuracy, train_stats=stats, train_reference=references[0])
+        out.update(values)
+        out.update({f"{name}_per_block": [[float(v) for v in per_block[name][m, :d]] for m, d in enumerate(depths)]
+                    for name in names})
+        if reasons:
+            out["undefined"] = [reasons] * len(depths)
+        return out
+
+
+class TestSet(Evaluator):
+    """Loss and accuracy on the test split, and collapse on it: ``test_nc1_quotient`` (tr Σ_W / tr Σ_B of the
+    test features around their own class means), ``test_ncc_accuracy`` and ``test_nc4`` (the nearest
+    *training* class mean against the label and against the classifier's decision: what generalises)."""
+
+    needs = ("train_reference",)
+
+    def __init__(self, model: Model, split: Split, train_config: ml_collections.ConfigDict, num_classes: int):
+        self.model, self.k = model, num_classes
+        c = train_config
+        forward = jax.vmap(model.forward, in_axes=(0, 0, None))
+
+        def body(carry, consts, x, y):
+            sums, stats, second = carry
+            params, members, reference = consts
+            logits, features, _ = forward(params, members, x)
+            weight, bias = jax.vmap(models.classifier_weights)(params)
+            sums = sums + jax.vmap(_loss_sums, in_axes=(0, None, None, None))(logits, y, c.loss, c.mse_target_scale)
+            return (sums, collapse.accumulate(stats, features, y),
+                    collapse.accumulate_second(second, reference, features, y, weight, bias, logits))
+
+        self._pass = Pass(body, split)
+        shapes = jax.eval_shape(forward, model.abstract_params, model.hyper,
+                                jax.ShapeDtypeStruct((1, *split.host[0].shape[1:]), split.host[0].dtype))
+        self._width = shapes[1].shape[-1]
+
+    def _empty(self):
+        stats = collapse.empty_stats(self.k, self._width, (self.model.members,), scatter=False)
+        # Against the training means: their reference has no K×K gram (the training stats keep a scatter).
+        reference_like = collapse.empty_stats(self.k, self._width, (self.model.members,), scatter=True)
+        return jnp.zeros((self.model.members, 3), jnp.float32), stats, collapse.empty_second(reference_like,
+                                                                                              classifier=True)
+
+    def compile(self) -> None:
+        carry = self._empty()
+        reference = jax.eval_shape(collapse.reference,
+                                   collapse.empty_stats(self.k, self._width, (self.model.members,), scatter=True))
+        self._pass.compile(carry, (self.model.abstract_params, self.model.hyper, reference))
+
+    def __call__(self, params, inputs: Results) -> Results:
+        sums, stats, second = jax.device_get(
+            self._pass(self._empty(), (params, self.model.hyper, inputs["train_reference"])))
+        loss, accuracy = _rates(sums)
+        count = np.maximum(np.asarray(second.count, np.float64), 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # NaN reasons are the train line's; the K×K forms need no test pass
+            nc1 = collapse.metrics(stats)["nc1_quotient"]
+        return dict(test_loss=loss, test_accuracy=accuracy, test_nc1_quotient=nc1,
+                    test_ncc_accuracy=np.asarray(second.ncc_correct, np.float64) / count,
+                    test_nc4=np.asarray(second.nc4_mismatch, np.float64) / count)
+
+
+def _penalty(model: Model, c: ml_collections.ConfigDict) -> Callable:
+    """``(params, member) → ‖θ‖²`` of one member: its penalised parameters (``train.l2_params``,
+    ``train.l2_exclude``) in its own blocks, as its training loss counts them."""
+    def penalty(params, member: train.Hyper):
+        return objective.l2_penalty(params, c.l2_exclude, which=c.l2_params,
+                                    active_depth=member.depth if model.packed else None)
+    return penalty
+
+
+class Penalty(Evaluator):
+    """``l2_penalty`` = ‖θ‖² (the penalised parameters), ``objective`` = mean training loss + c·λ‖θ‖²
+    (``c = train.penalty_factor``: 1 for λ‖θ‖², ½ for the half and the decoupled forms), and
+    ``block_l2_per_block``, every block's own ‖θ_l‖² (with ``blocks_l2``, their sum): how the
+    penalty is spread over depth."""
+
+    needs = ("train_loss",)
+    provides = ("l2_penalty", "objective")
+
+    def __init__(self, model: Model, train_config: ml_collections.ConfigDict, l2s: Sequence[float]):
+        self.model = model
+        self.l2s = np.asarray([train.penalty_factor(train_config) * float(v) for v in l2s], np.float64)
+        self._penalty = jax.jit(jax.vmap(_penalty(model, train_config)))
+        c = train_config
+        self._per_block = jax.jit(jax.vmap(lambda params: objective.block_penalties(
+            params, c.l2_exclude, which=c.l2_params)))
+
+    def __call__(self, params, inputs: Results) -> Results:
+        penalties = np.asarray(self._penalty(params, self.model.hyper), np.float64)
+        blocks = np.asarray(self._per_block(params), np.float64)  # [M, L]
+        depths = [int(d) for d in self.model.depths]
+        return dict(l2_penalty=penalties, objective=np.asarray(inputs["train_loss"]) + self.l2s * penalties,
+                    block_l2_per_block=[[float(v) for v in blocks[m, :d]] for m, d in enumerate(depths)],
+                    blocks_l2=[float(blocks[m, :d].sum()) for m, d in enumerate(depths)])
+
+
+class AgainstUFM(Evaluator):
+    """The last layer against the UFM optimum F* (docs/ufm.md): ``ufm_gap`` (the last layer's objective
+    minus F*), ``ufm_gap_relative`` (that gap / F*: F* itself shrinks with λ, so a λ that falls with depth
+    does not read as collapse), ``ufm_gap_full_relative`` ((the whole network's objective − F*) / F*),
+    ``ufm_optimum`` (F*) and ``ufm_distance`` (shape and self-duality).
+
+    The features entering the classifier are a LayerNorm's output unless a linear head
+    follows it. NaN where the UFM has no optimum of this width (K > d).
+    """
+
+    needs = ("train_loss", "objective", "train_stats")
+    KEYS = ("ufm_gap", "ufm_optimum", "ufm_gap_relative", "ufm_gap_full_relative", "ufm_distance")
+
+    def __init__(self, model: Model, train_config: ml_collections.ConfigDict, l2s: Sequence[float], layernorm: bool):
+        self.model, self.c, self.layernorm = model, train_config, layernorm
+        self.l2s = [train.penalty_factor(train_config) * float(v) for v in l2s]  # the UFM's λ‖W‖² convention
+        c = train_config
+        self._bias_penalised = lambda params: objective.classifier_bias_penalised(params, c.l2_params, c.l2_exclude)
+
+    def __call__(self, params, inputs: Results) -> Results:
+        weight, bias = self.model.classifiers(params)
+        spared = not self._bias_penalised(params)
+        out = {key: [] for key in self.KEYS}
+        for m in range(self.model.members):
+            stats = jax.tree.map(lambda a: a[m], inputs["train_stats"])
+            b = None if bias is None else bias[m]
+            try:
+                model = ufm.trained_ufm(stats, loss=self.c.loss, l2=self.l2s[m], bias=b is not None,
+                                        l2_bias=0.0 if spared else None, layernorm=self.layernorm,
+                                        mse_target_scale=self.c.mse_target_scale)
+                gap = ufm.last_layer_gap(float(inputs["train_loss"][m]), weight[m], b, model)
+                optimum = ufm.optimum(model).value
+                values = (gap, optimum, gap / optimum, (float(inputs["objective"][m]) - optimum) / optimum,
+                          ufm.optimum_distance(stats.mean, weight[m], model, counts=stats.count))
+            except ValueError:
+                values = (float("nan"),) * len(self.KEYS)
+            for key, value in zip(self.KEYS, values):
+                out[key].append(value)
+        return out
+
+
+class Balancedness(Evaluator):
+    """``balancedness_per_layer``: ‖W_{l+1}ᵀW_{l+1} − W_l W_lᵀ‖_F / ‖W_l W_lᵀ‖_F for every consecutive pair
+    of the linear layers that end the network (the ``head_depth`` linear head, then the classifier),
+    and ``balancedness`` their mean: 0 for a balanced head (Jacot et al., arXiv 2410.04887)."""
+
+    def __init__(self, head_depth: int):
+        self.names = [f"linear_head_{i}" for i in range(head_depth)] + ["classifier"]
+
+    def __call__(self, params, inputs: Results) -> Results:
+        head = jax.device_get(params["head"])
+        per_layer = []
+        for m in range(len(head["classifier"]["kernel"])):
+            kernels = [np.asarray(head[name]["kernel"][m], np.float64).T for name in self.names]  # out × in
+            per_layer.append(np.asarray(collapse.balancedness(kernels), np.float64))
+        return dict(balancedness_per_layer=[[float(v) for v in values] for values in per_layer],
+                    balancedness=[float(values.mean()) for values in per_layer])
+
+
+class GradientNorm(Evaluator):
+    """``gradient_norm``: ‖∇θ (mean training loss + c·λ‖θ‖²)‖ over the whole training set (c as in Penalty).
+
+    The quantity the stationarity bounds of Wu & Mondelli (arXiv 2501.19104) are stated in: points
+    of small loss and small full-batch gradient norm are approximately NC1-collapsed. One backward
+    pass over the training set per evaluation.
+    """
+
+    def __init__(self, model: Model, split: Split, train_config: ml_collections.ConfigDict, l2s: Sequence[float]):
+        self.model, self.n = model, split.n
+        c = train_config
+
+        def summed_loss(params, member, x, y):  # one member: Σ over the batch's valid rows
+            logits, _, _ = model.forward(params, member, x)
+            loss = objective.per_example_loss(logits, jnp.maximum(y, 0), c.loss, c.mse_target_scale)
+            return jnp.sum(jnp.where(y >= 0, loss, 0.0))
+
+        def body(grads, consts, x, y):
+            params, members = consts
+            batch = jax.vmap(jax.grad(summed_loss), in_axes=(0, 0, None, None))(params, members, x, y)
+            return jax.tree.map(jnp.add, grads, batch)
+
+        penalty = _penalty(model, c)
+
+        def norm(grads, params, member, l2):  # one member
+            regulariser = jax.grad(lambda p: l2 * penalty(p, member))(params)
+            return optax.tree_utils.tree_norm(jax.tree.map(lambda g, r: g / self.n + r, grads, regulariser))
+
+        self._pass = Pass(body, split)
+        self._norm = jax.jit(jax.vmap(norm))
+        self._l2 = jnp.asarray(np.asarray(l2s, np.float32) * train.penalty_factor(c))
+
+    def compile(self) -> None:
+        params = self.model.abstract_params
+        self._pass.compile(jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), params),
+                           (params, self.model.hyper))
+
+    def __call__(self, params, inputs: Results) -> Results:
+        zeros = optax.tree_utils.tree_zeros_like(params)
+        grads = self._pass(zeros, (params, self.model.hyper))
+        return dict(gradient_norm=np.asarray(self._norm(grads, params, self.model.hyper, self._l2), np.float64))

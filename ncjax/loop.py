@@ -1,0 +1,183 @@
+"""The block loop: a group's compiled blocks of steps, and the host's work between them.
+
+One compiled call (:meth:`ncjax.train.Program.run_block`) runs a block of steps; the
+host acts only at the block boundaries a :class:`Cadence` sets (log, checkpoint,
+evaluation, end). The previous block's logs are written while the next block runs,
+so the device never waits for the host. A run (sweep group) or a task (continual)
+differ only in their hooks: what a save and an evaluation do.
+
+Preemption lives here too: :class:`StopFlag` turns SIGTERM into a stop at the next
+block boundary (after a save), and Orbax's multi-host preemption check is asked at
+every boundary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import sys
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+from etils.epath import Path
+from tqdm import tqdm
+
+from ncjax import records
+from ncjax.errors import Preempted
+
+
+@dataclasses.dataclass(frozen=True)
+class Due:
+    """What the host does at a block boundary."""
+
+    log: bool
+    checkpoint: bool
+    evaluate: bool
+
+    @property
+    def host_work(self) -> bool:
+        """Whether the loop must stop and wait here (a log alone is written during the next block)."""
+        return self.checkpoint or self.evaluate
+
+
+@dataclasses.dataclass(frozen=True)
+class Cadence:
+    """When the host acts, in steps from 0 to ``end`` (big_vision's ``itstime``, in one place).
+
+    Every cadence includes ``end``; ``evaluate_every=None`` never evaluates (the caller
+    measures at its own moments, e.g. a continual task's end).
+    """
+
+    end: int
+    log_every: int
+    checkpoint_every: int
+    steps_per_call: int
+    evaluate_every: int | None = None
+
+    def _every(self, every: int | None, step: int) -> bool:
+        return every is not None and (step % every == 0 or step == self.end)
+
+    def due(self, step: int) -> Due:
+        return Due(log=self._every(self.log_every, step), checkpoint=self._every(self.checkpoint_every, step),
+                   evaluate=self._every(self.evaluate_every, step))
+
+    def next_boundary(self, step: int) -> int:
+        """Where the block that starts at ``step`` ends: the next step at which anything is due."""
+        everies = [e for e in (self.log_every, self.checkpoint_every, self.evaluate_every) if e]
+        return min([self.end, step + self.steps_per_call] + [(step // e + 1) * e for e in everies])
+
+
+class StopFlag:
+    """Set by SIGTERM; the loop saves and stops at the next block boundary.
+
+    A context manager: the previous SIGTERM handler comes back on exit. Single-process
+    only: under ``jax.distributed`` JAX's preemption sync manager owns SIGTERM and makes
+    every host agree on the step, which the loop reads through Orbax's
+    ``reached_preemption``; a Python handler would replace it and let hosts stop at
+    different steps.
+    """
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self) -> "StopFlag":
+        if hasattr(signal, "SIGTERM") and jax.process_count() == 1:
+            self._previous = signal.signal(signal.SIGTERM, lambda *_: setattr(self, "raised", True))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+class TrainLog:
+    """Every member's training log: ``train_log.jsonl`` at the log steps, TensorBoard, and divergence.
+
+    ``diverged[m]`` is the (global) step of member m's first non-finite loss or gradient, 0 if
+    none; lines at and after it are not written. ``offset`` turns the loop's steps into the
+    steps the files count (a continual task's steps follow the previous tasks'); ``fields``
+    are added to every line (e.g. the task).
+    """
+
+    def __init__(self, runs: Sequence[Path], cadence: Cadence, diverged: np.ndarray, offset: int = 0,
+                 fields: dict[str, Any] | None = None, writers: Sequence[Any] = ()):
+        self.runs, self.cadence, self.diverged = list(runs), cadence, diverged
+        self.offset, self.fields, self.writers = offset, fields or {}, list(writers)
+
+    def __call__(self, start: int, logs: dict[str, Any]) -> None:
+        """The logs of the block that started at ``start`` (``{name: [T, M]}``, possibly still on the device)."""
+        logs = {k: np.asarray(v, np.float64) for k, v in jax.device_get(logs).items()}
+        local = start + 1 + np.arange(len(logs["loss"]))
+        steps = local + self.offset
+        bad = ~(np.isfinite(logs["loss"]) & np.isfinite(logs["grad_norm"]))  # [T, M]
+        for m in np.flatnonzero(bad.any(0) & (self.diverged == 0)):
+            self.diverged[m] = steps[np.argmax(bad[:, m])]
+        due = [t for t, s in enumerate(local) if self.cadence.due(int(s)).log]
+        for m, run in enumerate(self.runs):
+            lines = [dict(step=int(steps[t]), **self.fields, **{k: float(v[t, m]) for k, v in logs.items()})
+                     for t in due if not self.diverged[m] or steps[t] < self.diverged[m]]
+            records.append_train_log(run, lines)
+            for writer in self.writers[m:m + 1]:
+                for line in lines:
+                    for key in logs:
+                        writer.add_scalar(f"train/{key}", line[key], line["step"])
+
+
+@dataclasses.dataclass
+class Hooks:
+    """What the loop calls at the boundaries ``Cadence.due`` names; each gets ``(step, state)``.
+
+    ``preempted(step)``: the multi-host preemption check (Orbax's ``reached_preemption``).
+    ``wait()``: blocks until saves are on disk (before a preempted run exits).
+    """
+
+    save: Callable[[int, Any], None]
+    evaluate: Callable[[int, Any], None] = lambda step, state: None
+    preempted: Callable[[int], bool] = lambda step: False
+    wait: Callable[[], None] = lambda: None
+
+
+def progress_bar(total: int, initial: int, name: str, enabled: bool):
+    return tqdm(total=total, initial=initial, desc=name, unit="step", dynamic_ncols=True, file=sys.stderr,
+                disable=not (enabled and records.is_writer()))
+
+
+def train_blocks(program, state, start: int, cadence: Cadence, log: TrainLog, hooks: Hooks, stop: StopFlag,
+                 name: str, bar=None, extras=()) -> tuple[Any, int]:
+    """Train ``program`` from ``start`` to ``cadence.end`` in blocks; returns ``(state, step)``.
+
+    At every boundary something is due at: the block's log, then a save (checkpoint due,
+    or preempted: then :class:`ncjax.errors.Preempted` after it), then an evaluation.
+    Stops early, after logging, once every member has diverged (``step`` < end then).
+    """
+    carry = program.carry(start)
+    step, pending = start, None
+    while step < cadence.end:
+        length = cadence.next_boundary(step) - step
+        state, carry, logs = program.run_block(state, carry, step, length, extras)
+        if pending is not None:  # the previous block's logs, while this block computes
+            log(*pending)
+        pending, step = (step, logs), step + length
+        if bar is not None:
+            bar.update(length)
+        due = cadence.due(step)
+        preempted = stop.raised or hooks.preempted(step)
+        if not (due.host_work or preempted) and not log.diverged.all():
+            continue
+        log(*pending)
+        pending = None
+        if log.diverged.all():
+            break  # nothing left to train or to save
+        if due.checkpoint or preempted:
+            hooks.save(step, state)
+        if preempted:  # within the grace period: save only; the resumed run evaluates
+            hooks.wait()
+            raise Preempted(f"preempted at {name}, step {step}: checkpoint saved; rerun the same command to resume")
+        if due.evaluate:
+            hooks.evaluate(step, state)
+    if pending is not None:
+        log(*pending)
+    return state, step
