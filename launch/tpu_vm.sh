@@ -13,7 +13,7 @@ usage: launch/tpu_vm.sh [options] COMMAND [-- extra ncjax.main flags]
 
 Commands
   create    create the TPU VM (or, with --queued, a queued resource and wait until it is ACTIVE)
-  setup     copy this working tree to every worker and pip install '.[tpu]' on every worker
+  setup     copy this working tree to every worker and pip install '.[EXTRAS]' on every worker
   run       run `python -m ncjax.main --config=CONFIG --workdir=WORKDIR ...` on every worker
             (--worker=all), streaming the output; also appended to ~/ncjax/launch.log there
   logs      stream ~/ncjax/launch.log of worker 0 (for a --detach run)
@@ -35,6 +35,9 @@ Options (environment variable in brackets)
   --workdir W           output folder [NCJAX_WORKDIR; runs/ncjax on worker 0]; for pod slices it must be
                         storage every worker sees: gs://BUCKET/PATH or a shared mount
   --python P            Python on the workers [NCJAX_PYTHON; python3]
+  --extras E            what `setup` installs, pip install -e '.[E]' [NCJAX_EXTRAS; tpu,gcs,tfds]:
+                        tpu (JAX for TPUs), gcs (gcsfs, for gs:// workdirs), tfds (tfds: sources,
+                        e.g. the paper preset's tfds:mnist)
   --detach              `run` starts the sweep in the background (nohup) and returns; see `logs`
   --delete-after        `up` deletes the TPU VM when the sweep ends (success or not)
   --dry-run             print the gcloud commands instead of running them
@@ -59,6 +62,7 @@ SPOT=${NCJAX_SPOT:-0}
 CONFIG=${NCJAX_CONFIG:-configs/vit_depth.py}
 WORKDIR=${NCJAX_WORKDIR:-runs/ncjax}
 PY=${NCJAX_PYTHON:-python3}
+EXTRAS=${NCJAX_EXTRAS:-tpu,gcs,tfds}
 DETACH=0
 DELETE_AFTER=0
 DRY=0
@@ -88,6 +92,7 @@ while [[ $# -gt 0 ]]; do
     --config) CONFIG=$(take "${2:-}"); shift_extra=$((1 - has_val)) ;;
     --workdir) WORKDIR=$(take "${2:-}"); shift_extra=$((1 - has_val)) ;;
     --python) PY=$(take "${2:-}"); shift_extra=$((1 - has_val)) ;;
+    --extras) EXTRAS=$(take "${2:-}"); shift_extra=$((1 - has_val)) ;;
     --queued) QUEUED=1 ;;
     --spot) SPOT=1 ;;
     --detach) DETACH=1 ;;
@@ -104,6 +109,7 @@ done
 
 [[ -n $COMMAND ]] || { usage >&2; exit 2; }
 [[ -n $ZONE ]] || die "--zone (or NCJAX_ZONE) is required"
+[[ $EXTRAS =~ ^[A-Za-z0-9_-]+(,[A-Za-z0-9_-]+)*$ ]] || die "--extras takes names separated by commas (got '$EXTRAS')"
 if [[ -z $RUNTIME ]]; then
   case $ACCEL in
     v4-*) RUNTIME=tpu-ubuntu2204-base ;;
@@ -171,7 +177,7 @@ do_setup() {
     (cd "$repo" && git ls-files -co --exclude-standard -z | tar czf "$tarball" --null -T -)
   fi
   run "${TPU[@]}" scp "$tarball" "$NAME:ncjax-src.tar.gz" --zone="$ZONE" --worker=all
-  run "${TPU[@]}" ssh "$NAME" --zone="$ZONE" --worker=all --command="mkdir -p $REMOTE_DIR && tar xzf ncjax-src.tar.gz -C $REMOTE_DIR && cd $REMOTE_DIR && $PY -m pip install -q -U pip && $PY -m pip install -q -e '.[tpu]'"
+  run "${TPU[@]}" ssh "$NAME" --zone="$ZONE" --worker=all --command="mkdir -p $REMOTE_DIR && tar xzf ncjax-src.tar.gz -C $REMOTE_DIR && cd $REMOTE_DIR && $PY -m pip install -q -U pip && $PY -m pip install -q -e '.[$EXTRAS]'"
 }
 
 remote_run_command() {

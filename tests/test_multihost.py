@@ -101,7 +101,7 @@ def test_tpu_launcher_dry_run(tmp_path):
                         "--zone=us-central2-b --accelerator-type=v4-32 --runtime-version=tpu-ubuntu2204-base --spot")
     assert any("tpu-vm scp" in line and "--worker=all" in line for line in lines)
     setup = next(line for line in lines if "pip install" in line)
-    assert "--worker=all" in setup and ".[tpu]" in setup
+    assert "--worker=all" in setup and ".[tpu,gcs,tfds]" in setup  # gs:// workdirs, tfds: sources
     assert lines[-1] == "gcloud --project=p compute tpus queued-resources delete nc-qr --zone=us-central2-b --force --quiet"
 
     # The command each worker runs: execute it with stub curl (the metadata server) and python.

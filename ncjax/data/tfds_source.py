@@ -1,5 +1,8 @@
 """TFDS data sets read into host memory without TensorFlow.
 
+TensorFlow Datasets is an optional extra (`pip install 'ncjax[tfds]'`), imported only when a
+`tfds:` source is loaded.
+
 A missing data set on a machine without network must fail in seconds with a
 message saying how to prepare it: TFDS itself retries for minutes offline.
 """
@@ -29,8 +32,7 @@ def load_tfds(name: str, data_dir: str | None, download: bool, max_len: int) -> 
     0 to `max_len`. A data set that is not prepared is downloaded and prepared in
     the array_record format (readable without TensorFlow) when `download` allows.
     """
-    import tensorflow_datasets as tfds  # Lazy: a second's import that mnist_5k runs skip.
-
+    tfds = _import_tfds(name)
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # TFDS raises several types for a bad name, config or version.
@@ -66,6 +68,20 @@ def load_tfds(name: str, data_dir: str | None, download: bool, max_len: int) -> 
         name=f"tfds:{name}",
         vocab_size=None if input_key == "image" else TOKEN_VOCAB_SIZE,
     )
+
+
+def _import_tfds(name: str):
+    """TFDS, imported only for `tfds:` sources: an optional extra (`ncjax[tfds]`).
+
+    Lazy also because the import takes a second that mnist_5k runs skip.
+    """
+    try:
+        import tensorflow_datasets as tfds
+    except ModuleNotFoundError as e:
+        if e.name != "tensorflow_datasets":
+            raise  # TFDS is there but broken: its own traceback says more.
+        raise DataError(f"tfds:{name} needs TensorFlow Datasets: pip install 'ncjax[tfds]'") from None
+    return tfds
 
 
 def bytes_to_tokens(texts, max_len: int) -> np.ndarray:
