@@ -1,8 +1,11 @@
-"""An independent float64 NumPy reference of science.md §4, written from the definitions.
+"""An independent float64 NumPy reference of docs/paper.md#metric-definitions, written from the definitions.
 
 Holds all features, loops over classes and pairs, and uses the D×D
 pseudo-inverse: deliberately the straightforward way, to check
 ncjax.collapse against. No NaN policy here (that is tested separately).
+:func:`reference_rhubarbwu` writes out rhubarbwu/neural-collapse's definitions
+(neural_collapse/measure.py, accumulate.py, kernels.py) in NumPy, without
+importing that library.
 """
 
 import numpy as np
@@ -90,3 +93,86 @@ def reference_balancedness(kernels):
         outer = lower @ lower.T
         out.append(np.linalg.norm(upper.T @ upper - outer) / np.linalg.norm(outer))
     return np.array(out)
+
+
+def reference_matrices(means, weight=None, centre=None):
+    """The plain-matrix quantities of class means [K, D] (centred by their mean when ``centre`` is None)."""
+    means = np.asarray(means, np.float64)
+    mt = means - (means.mean(0) if centre is None else np.asarray(centre, np.float64))
+    k = means.shape[0]
+    norms = np.array([np.sqrt(np.sum(row**2)) for row in mt])
+    out = {
+        "etf_error": _etf_dist(mt @ mt.T),
+        "class_mean_norms": norms,
+        "pairwise_cosines": np.array([[mt[a] @ mt[b] / (norms[a] * norms[b]) for b in range(k)] for a in range(k)]),
+    }
+    if weight is not None:
+        w = np.asarray(weight, np.float64)
+        out["self_duality"] = np.sum((w / np.linalg.norm(w) - mt / np.linalg.norm(mt)) ** 2)
+    return out
+
+
+def reference_variance_ratio(sigma_w, sigma_b, k):
+    """tr(Σ_W Σ_B^†)/K with a pseudo-inverse that drops Σ_B's null space (rank K−1)."""
+    return np.trace(np.asarray(sigma_w, np.float64) @ np.linalg.pinv(np.asarray(sigma_b, np.float64), rcond=1e-9)) / k
+
+
+def reference_details(h, y, num_classes, global_mean="samples"):
+    """Per-class counts, ‖μ_c − μ_G‖, σ_c² and the cosine grid (NaN for classes without samples)."""
+    h = np.asarray(h, np.float64)
+    classes = [c for c in range(num_classes) if np.any(y == c)]
+    mu = {c: h[y == c].mean(0) for c in classes}
+    mu_g = h.mean(0) if global_mean == "samples" else np.mean([mu[c] for c in classes], 0)
+    norms = np.full(num_classes, np.nan)
+    variances = np.full(num_classes, np.nan)
+    cosines = np.full((num_classes, num_classes), np.nan)
+    for c in classes:
+        norms[c] = np.linalg.norm(mu[c] - mu_g)
+        variances[c] = np.mean(np.sum((h[y == c] - mu[c]) ** 2, 1))
+        for e in classes:
+            cosines[c, e] = (mu[c] - mu_g) @ (mu[e] - mu_g) / (np.linalg.norm(mu[c] - mu_g) * np.linalg.norm(mu[e] - mu_g))
+    counts = np.array([np.sum(y == c) for c in range(num_classes)])
+    return {"class_counts": counts, "class_mean_norms": norms, "class_variances": variances,
+            "pairwise_cosines": cosines}
+
+
+def reference_rhubarbwu(h, y, num_classes, weight):
+    """What rhubarbwu/neural-collapse's definitions give, keyed by the ncjax names they correspond to.
+
+    Its ``MeanAccumulator.compute()`` returns ``mG`` as the unweighted mean of the class
+    means; ``CovarAccumulator`` divides the within-class scatter by N; ``covariance_ratio``
+    (pinv and quotient), ``variability_cdnv``, ``simplex_etf_error``, ``kernel_stats`` (the
+    variance over pairs i < j of ``‖u_i − u_j‖`` and of ``log ‖u_i − u_j‖^-1``),
+    ``mean_norms`` and ``clf_ncc_agreement`` (weighted: over samples; the linear decision
+    is ``argmax X Wᵀ``, without a bias) as written there. ``unc3_unbiased`` is
+    ``similarities(W, M, mG).var()`` (torch's unbiased variance).
+    """
+    h, w = np.asarray(h, np.float64), np.asarray(weight, np.float64)
+    n, k = h.shape[0], num_classes
+    means = np.stack([h[y == c].mean(0) for c in range(k)])
+    m_g = means.mean(0)
+    mc = means - m_g
+    diff = h - means[y]
+    v_intra = diff.T @ diff / n
+    v_inter = mc.T @ mc / k
+    var_norms = np.array([np.sum(diff[y == c] ** 2) / np.sum(y == c) for c in range(k)])
+    pairs = [(i, j) for i in range(k) for j in range(i + 1, k)]
+    struct = mc @ mc.T
+    struct = struct / np.linalg.norm(struct) + 1 / k / np.sqrt(k - 1) - np.eye(k) / np.sqrt(k - 1)
+    u = mc / np.linalg.norm(mc, axis=1, keepdims=True)
+    dist = np.array([np.linalg.norm(u[i] - u[j]) for i, j in pairs])
+    log = np.log(dist ** -1.0)
+    ncc = np.argmin(np.sum(h**2, 1)[:, None] + np.sum(means**2, 1)[None] - 2 * h @ means.T, 1)
+    lin = np.argmax(h @ w.T, 1)
+    dual = np.sum(w * mc, 1)
+    return {
+        "nc1": np.trace(np.linalg.pinv(v_inter, rcond=1e-9) @ v_intra) / k,
+        "nc1_quotient": np.trace(v_intra) / np.trace(v_inter),
+        "cdnv": np.mean([(var_norms[i] + var_norms[j]) / 2 / np.sum((means[i] - means[j]) ** 2) for i, j in pairs]),
+        "nc2_etf": np.linalg.norm(struct),
+        "gnc2_dist": np.mean((dist - dist.mean()) ** 2),
+        "gnc2_log": np.mean((log - log.mean()) ** 2),
+        "nc4": np.mean(lin == ncc),
+        "class_mean_norms": np.linalg.norm(mc, axis=1),
+        "unc3_unbiased": np.var(dual, ddof=1),
+    }

@@ -1,6 +1,6 @@
 """Neural-collapse statistics and metrics: streaming, mergeable, per block, at any K.
 
-Every metric of ``shared/docs/science.md`` §4 (same names; formulas, ranges and
+Every metric of docs/paper.md#metric-definitions (same names; formulas, ranges and
 references in ``docs/metrics.md``) from a few sufficient statistics, gathered in
 at most two passes over the data on the device and finished in float64 on the
 host. Statistics from batches, devices and hosts merge exactly, so the numbers
@@ -50,22 +50,53 @@ Each time, :func:`metrics` emits an :class:`UndefinedMetricWarning` naming the
 metrics and the reason (record it with ``warnings.catch_warnings(record=True)``).
 All values are JSON-ready through :func:`as_json`.
 
-**Host convenience**: :func:`update`, :func:`class_stats`, :func:`stream_stats`,
-:func:`measure`, :func:`measure_batches` check inputs (chex; labels ≥ K are an
-error) and run jitted pieces of fixed shape (one compilation for every batch
-and chunk size). ``python -m ncjax.collapse features.npz`` measures features
-from files. Plain matrices: :func:`balancedness`, :func:`effective_rank`, :func:`nc5`.
+Without a second pass, :func:`metrics` leaves out what needs it and says so
+in a :class:`SecondPassWarning`.
+
+**Host convenience**: :func:`update` and :func:`update_second` (the two passes,
+batch by batch), :func:`class_stats`, :func:`stream_stats`, :func:`measure`,
+:func:`measure_batches` check inputs (chex; labels ≥ K, non-finite features,
+weights or biases are errors) and run jitted pieces of fixed shape (one
+compilation for every batch and chunk size)::
+
+    stats = None
+    for h, y in batches():                              # pass 1
+        stats = update(stats, h, y, num_classes)
+    second = None
+    for h, y in batches():                              # pass 2: the same data again
+        second = update_second(second, stats, h, y, weight=W, bias=b)
+    values = metrics(stats, W, b, second=second)
+
+``python -m ncjax.collapse features.npz`` (or ``.safetensors``) measures
+features from files. Per class and pair: :func:`class_details`. Plain matrices:
+:func:`etf_error`, :func:`self_duality`, :func:`class_mean_norms`,
+:func:`pairwise_cosines`, :func:`variance_ratio`, :func:`balancedness`,
+:func:`effective_rank`, :func:`nc5`. ``conventions="rhubarbwu"`` (in
+:func:`metrics`, :func:`measure`, :func:`class_details`) reproduces
+rhubarbwu/neural-collapse's global mean and NC4 (:mod:`ncjax.collapse.conventions`).
 """
 
+from ncjax.collapse.conventions import CONVENTIONS
+from ncjax.collapse.details import class_details
 from ncjax.collapse.finalise import (
     CLASSIFIER,
     CLASSIFIER_FREE,
     METRIC_NAMES,
+    SecondPassWarning,
     UndefinedMetricWarning,
     as_json,
     metrics,
 )
-from ncjax.collapse.matrices import balancedness, effective_rank, nc5
+from ncjax.collapse.matrices import (
+    balancedness,
+    class_mean_norms,
+    effective_rank,
+    etf_error,
+    nc5,
+    pairwise_cosines,
+    self_duality,
+    variance_ratio,
+)
 from ncjax.collapse.second_pass import (
     Reference,
     SecondPassStats,
@@ -89,11 +120,14 @@ from ncjax.collapse.streaming import (
     nc4_counts,
     stream_stats,
     update,
+    update_second,
 )
 
 __all__ = [
-    "CLASSIFIER", "CLASSIFIER_FREE", "METRIC_NAMES", "ClassStats", "Reference", "SecondPassStats",
-    "UndefinedMetricWarning", "accumulate", "accumulate_second", "as_json", "balancedness", "class_stats",
-    "effective_rank", "empty_second", "empty_stats", "measure", "measure_batches", "merge", "metrics", "nc1_per_block",
-    "nc4_counts", "nc5", "prefer_scatter", "present_classes", "reference", "stream_stats", "update",
+    "CLASSIFIER", "CLASSIFIER_FREE", "CONVENTIONS", "METRIC_NAMES", "ClassStats", "Reference", "SecondPassStats",
+    "SecondPassWarning", "UndefinedMetricWarning", "accumulate", "accumulate_second", "as_json", "balancedness",
+    "class_details", "class_mean_norms", "class_stats", "effective_rank", "empty_second", "empty_stats",
+    "etf_error", "measure", "measure_batches", "merge", "metrics", "nc1_per_block", "nc4_counts", "nc5",
+    "pairwise_cosines", "prefer_scatter", "present_classes", "reference", "self_duality", "stream_stats", "update",
+    "update_second", "variance_ratio",
 ]

@@ -1,9 +1,11 @@
-"""Features a user already has, from ``.npz`` or ``.npy`` files, memory-mapped where the format allows.
+"""Features a user already has, from ``.npz``, ``.npy`` or ``.safetensors`` files, memory-mapped where the format allows.
 
 ``.npy`` files open with ``np.load(mmap_mode='r')``; arrays stored uncompressed
 in an ``.npz`` (``np.savez``) are memory-mapped at their offset inside the zip,
 so files larger than memory stream chunk by chunk. Compressed members
-(``np.savez_compressed``) must be decompressed into memory.
+(``np.savez_compressed``) must be decompressed into memory, and so are
+``.safetensors`` files (PyTorch users' format), read with the ``safetensors``
+package's numpy API (no torch needed), which is imported only for them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ncjax import errors
+from ncjax.collapse.inputs import finite, native
 
 ARRAY_NAMES = ("features", "labels", "weight", "bias", "ood_features")
 
@@ -68,15 +71,34 @@ def _read_npy(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    try:
+        from safetensors import SafetensorError
+        from safetensors.numpy import load_file
+    except ImportError as error:
+        raise errors.DataError(f"reading {path} needs the safetensors package: install safetensors "
+                               "(pip install safetensors)") from error
+    try:
+        return load_file(path)
+    except (SafetensorError, TypeError, ValueError, OSError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        hint = "; save float32 (tensor.float())" if "bfloat16" in reason else ""
+        raise errors.DataError(f"cannot read {path} as .safetensors: {reason}{hint}") from error
+
+
 def read_array(path: str | Path) -> np.ndarray | dict[str, np.ndarray]:
-    """One ``.npy`` array or the arrays of one ``.npz``; a one-line DataError for anything unreadable."""
+    """One ``.npy`` array or the arrays of one ``.npz`` or ``.safetensors``; a one-line DataError for
+    anything unreadable."""
     path = Path(path)
     if not path.is_file():
         raise errors.DataError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic != np.lib.format.MAGIC_PREFIX and not zipfile.is_zipfile(path):
-        raise errors.DataError(f"{path} is neither an .npy nor an .npz file (save arrays with np.save or np.savez)")
+        raise errors.DataError(f"{path} is neither an .npy nor an .npz file (save arrays with np.save or np.savez, "
+                               "or torch tensors with safetensors.torch.save_file as NAME.safetensors)")
     try:
         return _read_npz(path) if zipfile.is_zipfile(path) else _read_npy(path)
     except errors.DataError:
@@ -88,13 +110,14 @@ def read_array(path: str | Path) -> np.ndarray | dict[str, np.ndarray]:
 
 def load(paths: list[str], weight: str | None = None, bias: str | None = None,
          ood_features: str | None = None) -> FeatureArrays:
-    """``[features.npz]`` (arrays named as in ``ARRAY_NAMES``) or ``[features.npy, labels.npy]``;
-    separate ``.npy`` files for ``weight``, ``bias``, ``ood_features`` override the archive's."""
+    """``[features.npz]`` or ``[features.safetensors]`` (arrays named as in ``ARRAY_NAMES``) or
+    ``[features.npy, labels.npy]``; separate ``.npy`` files for ``weight``, ``bias``, ``ood_features``
+    override the archive's. Labels must be finite integers; big-endian arrays come back in native order."""
     if len(paths) == 1:
         arrays = read_array(paths[0])
         if not isinstance(arrays, dict):
             raise errors.DataError(f"{paths[0]} is one .npy array; give the labels too: FEATURES.npy LABELS.npy, "
-                                   "or an .npz with arrays 'features' and 'labels'")
+                                   "or an .npz or .safetensors with arrays 'features' and 'labels'")
         missing = [name for name in ("features", "labels") if name not in arrays]
         if missing:
             raise errors.DataError(f"{paths[0]} lacks array(s) {missing}; it holds {sorted(arrays)} "
@@ -103,7 +126,7 @@ def load(paths: list[str], weight: str | None = None, bias: str | None = None,
         arrays = {"features": read_array(paths[0]), "labels": read_array(paths[1])}
         for path, name in zip(paths, ("features", "labels")):
             if isinstance(arrays[name], dict):
-                raise errors.DataError(f"{path} is an .npz archive; with two files give FEATURES.npy LABELS.npy")
+                raise errors.DataError(f"{path} holds several arrays; with two files give FEATURES.npy LABELS.npy")
     else:
         raise errors.DataError(f"give FEATURES.npz, or FEATURES.npy LABELS.npy; got {len(paths)} paths")
     for name, path in (("weight", weight), ("bias", bias), ("ood_features", ood_features)):
@@ -112,11 +135,13 @@ def load(paths: list[str], weight: str | None = None, bias: str | None = None,
             if isinstance(value, dict):
                 raise errors.DataError(f"{path}: give the {name} as one .npy array")
             arrays[name] = value
-    labels = arrays["labels"]
+    labels = native(np.asarray(arrays["labels"]))
+    if np.issubdtype(labels.dtype, np.inexact):
+        finite("labels", labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise errors.DataError(f"labels must be a 1-D integer array; got shape {list(labels.shape)} "
-                               f"and dtype {labels.dtype}")
+                               f"and dtype {labels.dtype} (save them as integers, e.g. labels.astype(np.int64))")
     return FeatureArrays(
-        features=arrays["features"], labels=np.asarray(labels), weight=arrays.get("weight"),
+        features=arrays["features"], labels=labels, weight=arrays.get("weight"),
         bias=arrays.get("bias"), ood_features=arrays.get("ood_features"),
         ignored=tuple(sorted(set(arrays) - set(ARRAY_NAMES))))

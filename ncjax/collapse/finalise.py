@@ -11,6 +11,12 @@ holding exactly the metrics its inputs determine (see the table in
 - All class means coincide (tr Σ_B ≈ 0: every eigenvalue of the between-class
   Gram matrix is float32 round-off): every metric that divides by the
   between-class spread is NaN, never 0 (a failed network must not look collapsed).
+
+Metrics left out because no second pass was given (``ncc_accuracy``, ``nc4``,
+``nc3_cos``, and ``nc1`` without the scatter) are named in a
+:class:`SecondPassWarning`: a one-pass loop must not silently lose them.
+Non-finite statistics are not refused here (a diverged member's metrics are
+NaN); the caller's arrays are checked where they enter (``inputs``).
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from ncjax import errors
+from ncjax.collapse import conventions as convention
 from ncjax.collapse import pairwise, spectral
+from ncjax.collapse.matrices import duality_distance, frame_distance, ood_alignment
 from ncjax.collapse.second_pass import SecondPassStats
 from ncjax.collapse.statistics import ClassStats, present_classes
 
@@ -48,19 +56,8 @@ class UndefinedMetricWarning(UserWarning):
     """A metric is NaN because it is undefined for these statistics (the message says why)."""
 
 
-def _etf_distance(sq_fro: np.ndarray, trace: np.ndarray, total_sum: np.ndarray, k: int) -> np.ndarray:
-    """``‖G/‖G‖_F − (I − 11ᵀ/K)/√(K−1)‖_F`` from ``‖G‖_F²``, ``tr G`` and ``1ᵀG1`` (both terms have unit norm)."""
-    inner = (trace - total_sum / k) / (math.sqrt(k - 1) * np.sqrt(sq_fro))
-    return np.sqrt(np.maximum(2.0 - 2.0 * inner, 0.0))
-
-
-def _frame_terms(rows: np.ndarray, gram: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``‖G‖_F²``, ``tr G``, ``1ᵀG1`` of ``G = rows rowsᵀ`` [S, K, D] without forming a K×K matrix when K > D.
-
-    ``gram`` may pass the smaller Gram matrix (``rows rowsᵀ`` or ``rowsᵀ rows``) when already at hand.
-    """
-    gram = spectral.gram_of_smaller(rows) if gram is None else gram
-    return np.sum(gram**2, (-2, -1)), np.sum(rows**2, (-2, -1)), np.sum(np.sum(rows, -2) ** 2, -1)
+class SecondPassWarning(UserWarning):
+    """Metrics that need the second pass were left out because it was not given (the message names them)."""
 
 
 def _uncentred_gram(spectrum: spectral.BetweenSpectrum, centred: np.ndarray, global_mean: np.ndarray) -> np.ndarray:
@@ -115,6 +112,18 @@ def _classifier(weight, bias, lead, num_classes: int, dim: int, present: np.ndar
     return w, np.broadcast_to(b, lead + b.shape[-1:]).reshape((s, num_classes))[:, present]
 
 
+def _warn_missing(stats: ClassStats, weight, second: SecondPassStats | None) -> None:
+    missing = [] if second is not None else ["ncc_accuracy"] + (["nc1"] if stats.scatter is None else [])
+    if weight is not None and (second is None or second.nc4_mismatch is None):
+        missing += ["nc4", "nc3_cos"]
+    if missing:
+        how = ("empty_second(stats, classifier=True)" if weight is not None else "empty_second(stats)")
+        warnings.warn(
+            f"{', '.join(missing)} left out: computing them needs the second pass over the same data against "
+            f"the final class means; pass second= (collapse.update_second per batch, or {how} + accumulate_second)",
+            SecondPassWarning, stacklevel=3)
+
+
 def _warn_nan(names, why: str, where: np.ndarray, lead: tuple[int, ...]) -> None:
     if not np.any(where):
         return
@@ -127,17 +136,21 @@ def _warn_nan(names, why: str, where: np.ndarray, lead: tuple[int, ...]) -> None
 
 
 def metrics(stats: ClassStats, weight=None, bias=None, *, second: SecondPassStats | None = None,
-            ood: ClassStats | None = None) -> dict[str, np.ndarray]:
-    """The collapse metrics (science.md §4 names) of accumulated statistics, in float64 on the host.
+            ood: ClassStats | None = None, conventions: str = "ncjax") -> dict[str, np.ndarray]:
+    """The collapse metrics (docs/paper.md#metric-definitions names) of accumulated statistics, in float64.
 
     ``stats`` from pass 1 with any leading axes ``lead``; every value has shape
     ``lead``. ``weight`` [K, D] or [*lead, K, D] (rows are classes), ``bias``
     alike: the classifier metrics. ``second``: pass-2 sums (``ncc_accuracy``,
-    ``nc4``, ``nc3_cos``, and ``nc1`` when ``stats`` has no scatter). ``ood``:
-    one-class pass-1 statistics of out-of-distribution features (``nc5``).
-    Metrics the inputs do not determine are left out. Classes without samples
-    are left out with a warning; labels ≥ K seen in pass 1 are an error.
+    ``nc4``, ``nc3_cos``, and ``nc1`` when ``stats`` has no scatter); without
+    them those are left out with a :class:`SecondPassWarning`. ``ood``: one-class
+    pass-1 statistics of out-of-distribution features (``nc5``). Classes without
+    samples are left out with a warning; labels ≥ K seen in pass 1 are an error.
+    ``conventions="rhubarbwu"``: μ_G the mean of the class means and ``nc4`` an
+    agreement rate (:mod:`ncjax.collapse.conventions`); ``nc3_cos`` and
+    ``effective_rank_features`` keep the sample mean.
     """
+    conventions = convention.checked(conventions)
     present = _checked_present(stats)
     num_classes, dim = stats.mean.shape[-2:]
     lead = tuple(stats.count.shape[:-1])
@@ -150,7 +163,8 @@ def metrics(stats: ClassStats, weight=None, bias=None, *, second: SecondPassStat
     centred = _flat(stats.mean, lead, 2)
     if isinstance(stats.mean, np.ndarray) and np.shares_memory(centred, stats.mean):
         centred = centred.copy()  # the caller's float64 array: never modify it
-    global_mean = (all_count[:, None, :] @ centred)[:, 0] / total[:, None]
+    weights = convention.mean_weights(all_count, present, conventions)
+    global_mean = (weights[:, None, :] @ centred)[:, 0] / weights.sum(-1)[:, None]
     if k < num_classes:
         centred = centred[:, present]
     means_energy = np.sum(centred**2, (-2, -1))  # Σ_c ‖μ_c‖² (uncentred): tr MMᵀ
@@ -173,6 +187,8 @@ def metrics(stats: ClassStats, weight=None, bias=None, *, second: SecondPassStat
         spectrum = spectral.between_spectrum(centred, means_energy, classes_side)
         if classes_side and second is not None and second.projected is not None:
             projected = _flat(second.projected, lead, 2)[:, present][:, :, present] / total[:, None, None]
+            if conventions != "ncjax":  # pass 2 projected on M̃ (sample-mean centred); here M̃' = CM̃, C = I − 11ᵀ/k
+                projected = _double_centred(projected)
             out["nc1"] = spectral.nc1(spectrum, projected)
         elif classes_side and within is not None:
             out["nc1"] = spectral.nc1(spectrum, centred @ within @ np.swapaxes(centred, -1, -2))
@@ -184,14 +200,15 @@ def metrics(stats: ClassStats, weight=None, bias=None, *, second: SecondPassStat
         out.update(pairwise.pair_sums(centred, sq_dev / count, spectrum.gram if classes_side else None))
         norms = np.linalg.norm(centred, axis=-1)
         out["nc2_equinorm"] = norms.std(-1) / norms.mean(-1)
-        out["nc2_etf"] = _etf_distance(*_frame_terms(centred, spectrum.gram), k)
+        out["nc2_etf"] = frame_distance(centred, spectrum.gram)
         uncentred = _uncentred_gram(spectrum, centred, global_mean)
         out["nc2_ortho"] = np.sqrt(np.maximum(
             2.0 - 2.0 * means_energy / (math.sqrt(k) * np.sqrt(np.sum(uncentred**2, (-2, -1)))), 0.0))
         out["effective_rank_means"] = spectral.entropy_rank(np.sqrt(np.maximum(spectrum.values, 0.0)),
                                                             spectrum.kept)
-        if within is not None:
-            between = np.swapaxes(centred * count[..., None], -1, -2) @ centred / total[:, None, None]
+        if within is not None:  # the features' covariance about their sample mean, whatever the convention
+            spread = centred - (count[:, None, :] @ centred) / count.sum(-1)[:, None, None]
+            between = np.swapaxes(spread * count[..., None], -1, -2) @ spread / total[:, None, None]
             out["effective_rank_features"] = spectral.covariance_rank(within + between)
         if second is not None:
             out["ncc_accuracy"] = _flat(second.ncc_correct, lead, 0) / total
@@ -200,15 +217,13 @@ def metrics(stats: ClassStats, weight=None, bias=None, *, second: SecondPassStat
 
         if weight is not None:
             w, _ = _classifier(weight, bias, lead, num_classes, dim, present)
-            out["nc2_etf_w"] = _etf_distance(*_frame_terms(w), k)
-            w_unit = w / np.linalg.norm(w, axis=(-2, -1), keepdims=True)
-            m_unit = centred / np.linalg.norm(centred, axis=(-2, -1), keepdims=True)
-            out["nc3"] = np.sum((w_unit - m_unit) ** 2, (-2, -1))
+            out["nc2_etf_w"] = frame_distance(w)
+            out["nc3"] = duality_distance(w, centred)
             duality = np.sum(w * centred, -1)  # ⟨w_c, μ_c − μ_G⟩: [S, K]
             out["unc3"] = duality.var(-1)
             out["unc3_normalised"] = out["unc3"] / duality.mean(-1) ** 2
         if second is not None and second.nc4_mismatch is not None:
-            out["nc4"] = _flat(second.nc4_mismatch, lead, 0) / total
+            out["nc4"] = convention.nc4(_flat(second.nc4_mismatch, lead, 0), total, conventions)
             out["nc3_cos"] = 1.0 - _flat(second.nc3_cos_sum, lead, 0) / total
 
     degenerate = spectrum.degenerate
@@ -222,6 +237,7 @@ def metrics(stats: ClassStats, weight=None, bias=None, *, second: SecondPassStat
             out[name] = np.full(len(total), np.nan)
         _warn_nan(CENTRED_NC2, "with K = 2 classes the two centred class means are always antipodal, so NC2 on "
                   "centred means carries no geometry; read nc2_etf_w", np.ones(len(total), bool) & ~degenerate, lead)
+    _warn_missing(stats, weight, second)
     return {name: out[name].reshape(lead) for name in METRIC_NAMES if name in out}
 
 
@@ -232,10 +248,13 @@ def _nc5(ood: ClassStats, lead, centred: np.ndarray, global_mean: np.ndarray) ->
             f"features (labels all 0); got means of shape {list(ood.mean.shape)}")
     if np.any(np.asarray(ood.count) == 0):
         raise errors.DataError("ood statistics hold no samples: nc5 needs out-of-distribution features")
-    direction = _flat(ood.mean, lead, 2)[:, 0] - global_mean
-    cos = (centred @ direction[..., None])[..., 0] / (
-        np.linalg.norm(centred, axis=-1) * np.linalg.norm(direction, axis=-1)[:, None])
-    return np.mean(np.abs(cos), -1)
+    return ood_alignment(centred, _flat(ood.mean, lead, 2)[:, 0] - global_mean)
+
+
+def _double_centred(p: np.ndarray) -> np.ndarray:
+    """``C P C`` with ``C = I − 11ᵀ/k`` for P [S, k, k]: P's rows and columns centred."""
+    p = p - p.mean(-1, keepdims=True)
+    return p - p.mean(-2, keepdims=True)
 
 
 def as_json(values: dict[str, Any]) -> dict[str, Any]:

@@ -58,14 +58,19 @@ def between_spectrum(centred: np.ndarray, means_energy: np.ndarray, classes_side
 
     ``means_energy`` [S] is ``Σ_c ‖μ_c‖²`` of the uncentred means: the scale of their float32 round-off.
     """
-    k, d = centred.shape[-2:]
     gram = centred @ np.swapaxes(centred, -1, -2) if classes_side else np.swapaxes(centred, -1, -2) @ centred
+    return decompose(gram, means_energy, max(centred.shape[-2:]), classes_side)
+
+
+def decompose(gram: np.ndarray, energy: np.ndarray, size: int, classes_side: bool) -> BetweenSpectrum:
+    """:class:`BetweenSpectrum` of a given Gram matrix ``M̃M̃ᵀ`` or ``M̃ᵀM̃`` (= K·Σ_B); ``size`` is max(K, D),
+    ``energy`` the scale of the means' round-off."""
     finite, gram = finite_slices(gram)
     values, vectors = np.linalg.eigh(gram)
     values = np.where(finite[..., None], values, np.nan)  # NaN is never kept: the slice is degenerate, nc1 NaN
-    scale = np.maximum(values[..., -1], means_energy)
-    kept = values > ((max(k, d) * FLOAT32_EPS) ** 2 * scale)[..., None]
-    reliable = kept & (values > max(k, d) * FLOAT32_EPS * values[..., -1:])
+    scale = np.maximum(values[..., -1], energy)
+    kept = values > ((size * FLOAT32_EPS) ** 2 * scale)[..., None]
+    reliable = kept & (values > size * FLOAT32_EPS * values[..., -1:])
     return BetweenSpectrum(gram, values, vectors, kept, classes_side, reliable)
 
 

@@ -1,15 +1,15 @@
 """Host convenience: checked, jitted, shape-stable streaming of batches through both passes.
 
-The public boundary of the package: inputs are checked here (shapes and dtypes
-with chex, labels in range), then re-cut into fixed-size pieces (padded with
-label −1), so one compiled program serves every batch and chunk size, and a
-ragged tail never recompiles. Only the loops here donate their own state;
-:func:`update` never deletes the caller's statistics.
+The public boundary of the package: inputs are checked here (:mod:`ncjax.collapse.inputs`:
+shapes and dtypes with chex, labels in range, finite values, native byte
+order), then re-cut into fixed-size pieces (padded with label −1), so one
+compiled program serves every batch and chunk size, and a ragged tail never
+recompiles. Only the loops here donate their own state; :func:`update` and
+:func:`update_second` never delete the caller's statistics.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import warnings
@@ -21,7 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from ncjax import errors
-from ncjax.collapse.finalise import CLASSIFIER, as_json, metrics
+from ncjax.collapse.conventions import checked as checked_conventions
+from ncjax.collapse.details import class_details
+from ncjax.collapse.finalise import CLASSIFIER, SecondPassWarning, as_json, metrics
+from ncjax.collapse.inputs import (check, check_batch, classifier, finite, is_traced, native, nonfinite,
+                                   require_finite)
 from ncjax.collapse.second_pass import SecondPassStats, accumulate_second, empty_second, reference
 from ncjax.collapse.statistics import ClassStats, accumulate, empty_stats, prefer_scatter
 
@@ -32,56 +36,21 @@ _pass1 = jax.jit(accumulate)
 _pass1_donating = jax.jit(accumulate, donate_argnums=0)
 
 
-@functools.partial(jax.jit, donate_argnums=0)
-def _pass2_donating(second: SecondPassStats, stats: ClassStats, features, labels, weight=None, bias=None):
+
+
+def _second_piece(second: SecondPassStats, stats: ClassStats, features, labels, weight=None, bias=None):
     """Pass 2 of one piece; the reference is recomputed per piece (K·D work) to keep to two compiled programs."""
     return accumulate_second(second, reference(stats), features, labels, weight, bias)
+
+
+_pass2 = jax.jit(_second_piece)
+_pass2_donating = jax.jit(_second_piece, donate_argnums=0)
 
 
 def piece_rows(lead_size: int, dim: int, num_classes: int) -> int:
     """Rows per compiled piece: a power of two in [16, 1024] that bounds the per-piece memory."""
     fit = PIECE_FLOATS // max(1, lead_size * max(dim, num_classes))
     return 1 << max(4, min(10, int(math.log2(max(fit, 1)))))
-
-
-def _is_traced(*arrays) -> bool:
-    return any(isinstance(a, jax.core.Tracer) for a in arrays)
-
-
-def _check(condition_fn: Callable[[], None], message: str) -> None:
-    """Run a chex assertion; its failure becomes a one-line :class:`ncjax.errors.DataError`."""
-    try:
-        condition_fn()
-    except AssertionError as error:
-        raise errors.DataError(message) from error
-
-
-def check_batch(features, labels, num_classes: int, dim: int | None = None,
-                lead: tuple[int, ...] | None = None, padding: bool = True) -> None:
-    """Shapes, dtypes and label range of one batch at the public boundary (DataError if wrong).
-
-    ``features`` ``[*lead, B, D]`` real numbers, ``labels`` ``[B]`` integers in
-    ``[0, K)``, or negative for padding when ``padding``. Value checks run
-    only on concrete arrays (not under ``jit``).
-    """
-    _check(lambda: chex.assert_rank(labels, 1), f"labels must be a 1-D array [B]; got shape {np.shape(labels)}")
-    _check(lambda: chex.assert_type(labels, int), f"labels must be integers; got dtype {labels.dtype}")
-    where = "" if lead is None else f" (led by {list(lead)})"
-    _check(lambda: chex.assert_rank(features, {2, 3} if lead is None else len(lead) + 2),
-           f"features must be [B, D] or [L, B, D]{where}; got shape {list(np.shape(features))}")
-    expected = (tuple(features.shape[:-2]) if lead is None else tuple(lead)) + (labels.shape[0], dim)
-    _check(lambda: chex.assert_shape(features, expected),
-           f"features must be [*leading, B, D] with B = len(labels) = {labels.shape[0]}"
-           f"{'' if dim is None else f' and D = {dim}'}{where}; got shape {list(np.shape(features))}")
-    if not (jnp.issubdtype(features.dtype, jnp.floating) or jnp.issubdtype(features.dtype, jnp.integer)):
-        raise errors.DataError(f"features must be real numbers; got dtype {features.dtype}")
-    if _is_traced(labels) or labels.shape[0] == 0:
-        return
-    values = np.asarray(labels)
-    low, high = int(values.min()), int(values.max())
-    if high >= num_classes or (low < 0 and not padding):
-        allowed = f"[0, {num_classes})" + (" (negative labels mark padding)" if padding else "")
-        raise errors.DataError(f"labels must lie in {allowed}; got values in [{low}, {high}]: check num_classes")
 
 
 def update(stats: ClassStats | None, features, labels, num_classes: int | None = None) -> ClassStats:
@@ -98,14 +67,48 @@ def update(stats: ClassStats | None, features, labels, num_classes: int | None =
             raise errors.DataError("update(None, ...) needs num_classes to start from empty statistics")
         stats = empty_stats(num_classes, np.shape(features)[-1], tuple(np.shape(features)[:-2]))
     num_classes, dim = stats.mean.shape[-2:]
+    features, labels = native(features), native(labels)
     check_batch(features, labels, num_classes, dim, tuple(stats.count.shape[:-1]))
-    if _is_traced(*jax.tree.leaves(stats), features, labels):
+    if is_traced(*jax.tree.leaves(stats), features, labels):
         return accumulate(stats, features, labels)
+    finite("features", features)
     rows = piece_rows(int(np.prod(stats.count.shape[:-1], dtype=int)), dim, num_classes)
     step = _pass1
     for h, y in _pieces([(features, labels)], rows):
         stats, step = step(stats, h, y), _pass1_donating  # later pieces update our own copy
     return stats
+
+
+def update_second(second: SecondPassStats | None, stats: ClassStats, features, labels, weight=None,
+                  bias=None) -> SecondPassStats:
+    """Pass-2 sums of ``second``'s samples plus one batch, against the final pass-1 ``stats`` (new arrays).
+
+    Call it for every batch of the same data again, after the last :func:`update`:
+    it compares each sample with the final class means (``ncc_accuracy``; ``nc1``
+    when ``stats`` has no scatter) and, given the classifier ``weight`` [K, D]
+    (rows are classes) and ``bias`` [K], with its decisions (``nc4``, ``nc3_cos``).
+    ``second=None`` starts from empty sums. Checked like :func:`update`; inside a
+    ``jit`` it is ``accumulate_second(second, reference(stats), ...)``.
+    """
+    num_classes, dim = stats.mean.shape[-2:]
+    lead = tuple(stats.count.shape[:-1])
+    features, labels = native(features), native(labels)
+    check_batch(features, labels, num_classes, dim, lead)
+    if weight is not None:
+        weight, bias = classifier(weight, bias, num_classes, dim, lead)
+    if second is None:
+        second = empty_second(stats, classifier=weight is not None)
+    elif (second.nc4_mismatch is not None) != (weight is not None):
+        raise errors.DataError("update_second: pass the classifier's weight on every batch of the second pass "
+                               "or on none")
+    if is_traced(*jax.tree.leaves((second, stats)), features, labels):
+        return accumulate_second(second, reference(stats), features, labels, weight, bias)
+    finite("features", features)
+    rows = piece_rows(int(np.prod(lead, dtype=int)), dim, num_classes)
+    step = _pass2
+    for h, y in _pieces([(features, labels)], rows):
+        second, step = step(second, stats, h, y, weight, bias), _pass2_donating  # later pieces: our own copy
+    return second
 
 
 def class_stats(features, labels, num_classes: int) -> ClassStats:
@@ -162,9 +165,16 @@ def _joined(parts: list, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return h, y
 
 
-def _checked(batches: Iterable, num_classes: int, dim: int, lead: tuple[int, ...]) -> Iterator[tuple]:
-    for h, y in batches:
+def _native(batches: Iterable) -> Iterator[tuple]:
+    return ((native(h), native(y)) for h, y in batches)
+
+
+def _checked(batches: Iterable, num_classes: int, dim: int, lead: tuple[int, ...], tally: dict) -> Iterator[tuple]:
+    """The batches, checked; ``tally`` sums their non-finite feature values (refused after the pass, with the total)."""
+    for h, y in _native(batches):
         check_batch(h, y, num_classes, dim, lead)
+        tally["nonfinite"] = tally["nonfinite"] + nonfinite(h)
+        tally["size"] += int(np.size(h))
         yield h, y
 
 
@@ -172,24 +182,29 @@ def _first_pass(stats: ClassStats, batches: Iterable) -> ClassStats:
     num_classes, dim = stats.mean.shape[-2:]
     lead = tuple(stats.count.shape[:-1])
     rows = piece_rows(int(np.prod(lead, dtype=int)), dim, num_classes)
-    for index, (h, y) in enumerate(_pieces(_checked(batches, num_classes, dim, lead), rows)):
+    tally = {"nonfinite": 0, "size": 0}
+    for index, (h, y) in enumerate(_pieces(_checked(batches, num_classes, dim, lead, tally), rows)):
         if index % IN_FLIGHT == 0:
             jax.block_until_ready(stats)  # a bounded number of pieces in flight: memory does not grow with N
         stats = _pass1_donating(stats, h, y)
+    require_finite("features", tally["nonfinite"], tally["size"])
     return stats
 
 
 def _ood_stats(batches: Iterable, dim: int, lead: tuple[int, ...]) -> ClassStats:
     """One-class statistics of out-of-distribution features: only their mean matters (``nc5``),
     summed on the host in float64 (no compilation for a sum)."""
-    total, count = np.zeros(lead + (dim,)), 0
+    total, count, bad = np.zeros(lead + (dim,)), 0, 0
     for h in batches:
-        _check(lambda: chex.assert_shape(h, lead + (None, dim)),
-               f"ood features must be [*{list(lead)}, M, {dim}]; got shape {list(np.shape(h))}")
-        total += np.sum(np.asarray(h, np.float64), axis=-2)
+        check(lambda: chex.assert_shape(h, lead + (None, dim)),
+              f"ood features must be [*{list(lead)}, M, {dim}]; got shape {list(np.shape(h))}")
+        h = np.asarray(h, np.float64)
+        bad += nonfinite(h)
+        total += np.sum(h, axis=-2)
         count += np.shape(h)[-2]
     if count == 0:
         raise errors.DataError("the out-of-distribution stream is empty: nc5 needs features")
+    require_finite("ood_features", bad, int(np.prod(lead, dtype=int)) * count * dim)
     return ClassStats(count=np.full(lead + (1,), count), mean=(total / count)[..., None, :], scatter=None,
                       sq_dev=np.zeros(lead + (1,)), out_of_range=np.zeros(lead, np.int32))
 
@@ -201,12 +216,11 @@ def nc4_counts(features, labels, stats: ClassStats, weight, bias=None) -> jax.Ar
     the classes that have samples. Negative labels mark padding.
     """
     num_classes, dim = stats.mean.shape[-2:]
+    features, labels = native(features), native(labels)
     check_batch(features, labels, num_classes, dim, ())
-    _check(lambda: chex.assert_shape(weight, (num_classes, dim)),
-           f"weight must be [num_classes, dim] = [{num_classes}, {dim}] (rows are classes; transpose a Flax "
-           f"Dense kernel); got shape {np.shape(weight)}")
-    bias = jnp.zeros((num_classes,), jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
-    return _nc4_counts(jnp.asarray(features), jnp.asarray(labels, jnp.int32), stats, jnp.asarray(weight), bias)
+    finite("features", features)
+    weight, bias = classifier(weight, bias, num_classes, dim)
+    return _nc4_counts(jnp.asarray(features), jnp.asarray(labels, jnp.int32), stats, weight, bias)
 
 
 @jax.jit
@@ -219,15 +233,18 @@ def _nc4_counts(features, labels, stats: ClassStats, weight, bias):
 
 
 def nc1_per_block(features, labels, num_classes: int) -> np.ndarray:
-    """``nc1`` of every block's output, features [L, N, D] sharing labels [N] (one vmapped pass)."""
-    return metrics(class_stats(features, np.asarray(labels, np.int32), num_classes))["nc1"]
+    """``nc1`` of every block's output, features [L, N, D] sharing labels [N] (one vmapped pass, with the scatter)."""
+    stats = class_stats(features, np.asarray(labels, np.int32), num_classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SecondPassWarning)  # nc1 needs no second pass here
+        return metrics(stats)["nc1"]
 
 
 # ----------------------------------------------------------------- whole data sets
 
 
 def measure(features, labels, num_classes: int, weight=None, bias=None, chunk: int = 4096, *,
-            ood_features=None, covariance: bool = False) -> dict:
+            ood_features=None, covariance: bool = False, conventions: str = "ncjax", details: bool = False) -> dict:
     """Every collapse metric of features [N, D] (or [L, N, D] per layer) with labels [N], in one call.
 
     Streams the arrays in ``chunk``-row slices (memory-mapped arrays are fine:
@@ -237,14 +254,17 @@ def measure(features, labels, num_classes: int, weight=None, bias=None, chunk: i
     ``effective_rank_features``. Returns floats, or for [L, N, D] a list per
     classifier-free metric (one value per layer) and floats for the classifier
     metrics, which use the last layer ``features[-1]`` as the classifier's input.
+    ``conventions="rhubarbwu"`` as in :func:`ncjax.collapse.metrics`;
+    ``details=True`` adds ``"details"``: :func:`ncjax.collapse.class_details` as lists.
+    Non-finite features, weights or biases are a :class:`ncjax.errors.DataError`.
     """
-    labels = np.asarray(labels)
+    labels = native(np.asarray(labels))
     features = features if hasattr(features, "shape") and hasattr(features, "dtype") else np.asarray(features)
     if np.ndim(features) not in (2, 3) or labels.shape != np.shape(features)[-2:-1]:
         raise errors.DataError(f"measure needs features [N, D] or [L, N, D] and labels [N]; "
                                f"got {list(np.shape(features))} and {list(labels.shape)}")
-    if num_classes < 2:
-        raise errors.DataError(f"num_classes must be at least 2; got {num_classes}")
+    if not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise errors.DataError(f"num_classes must be an integer ≥ 2; got {num_classes!r}")
     check_batch(features, labels, num_classes, padding=False)
     if np.unique(labels).size < 2:
         raise errors.DataError(f"collapse metrics need samples of at least two classes; "
@@ -260,12 +280,13 @@ def measure(features, labels, num_classes: int, weight=None, bias=None, chunk: i
             yield h, y
 
     make_ood = None if ood_features is None else (lambda: (h for h, _ in slices(ood_features, False)))
-    return measure_batches(lambda: slices(features, True), num_classes, weight, bias,
-                           make_ood_batches=make_ood, covariance=covariance)
+    return measure_batches(lambda: slices(features, True), num_classes, weight, bias, make_ood_batches=make_ood,
+                           covariance=covariance, conventions=conventions, details=details)
 
 
 def measure_batches(make_batches: Callable[[], Iterable[tuple]], num_classes: int, weight=None, bias=None, *,
-                    make_ood_batches: Callable[[], Iterable] | None = None, covariance: bool = False) -> dict:
+                    make_ood_batches: Callable[[], Iterable] | None = None, covariance: bool = False,
+                    conventions: str = "ncjax", details: bool = False) -> dict:
     """Every collapse metric of a data stream too big to hold: two passes over ``make_batches()``.
 
     ``make_batches`` returns a fresh iterable of ``(features [B, D] or [L, B, D],
@@ -273,14 +294,17 @@ def measure_batches(make_batches: Callable[[], Iterable[tuple]], num_classes: in
     compares every sample with the final class means). ``make_ood_batches``
     likewise yields out-of-distribution features alone (for ``nc5``). The
     ``nc1`` route is the cheaper one (:func:`ncjax.collapse.prefer_scatter`)
-    unless ``covariance`` asks for the scatter. Return values as in :func:`measure`.
+    unless ``covariance`` asks for the scatter. Options and return values as in :func:`measure`.
     """
+    conventions = checked_conventions(conventions)
     iterator = iter(make_batches())
     first = next(iterator, None)
     if first is None:
         raise errors.DataError("measure_batches got no batches: there is nothing to measure")
     shape = np.shape(first[0])
     lead, dim = tuple(shape[:-2]), shape[-1]
+    if weight is not None:
+        weight, bias = classifier(weight, bias, num_classes, dim)
     scatter = covariance or prefer_scatter(num_classes, dim)
     stats = _first_pass(empty_stats(num_classes, dim, lead, scatter=scatter), itertools.chain([first], iterator))
     if int(np.sum(stats.count)) == 0:
@@ -289,19 +313,11 @@ def measure_batches(make_batches: Callable[[], Iterable[tuple]], num_classes: in
     layered = bool(lead)
     second = empty_second(stats, classifier=weight is not None and not layered)
     final = None
-    if weight is not None:
-        weight = jnp.asarray(weight, jnp.float32)
-        bias = jnp.zeros(weight.shape[:-1], jnp.float32) if bias is None else jnp.asarray(bias, jnp.float32)
-        _check(lambda: chex.assert_shape(weight, (num_classes, dim)),
-               f"weight must be [num_classes, dim] = [{num_classes}, {dim}] (rows are classes; transpose a "
-               f"Flax Dense kernel); got shape {list(weight.shape)}")
-        _check(lambda: chex.assert_shape(bias, (num_classes,)),
-               f"bias must have shape [{num_classes}]; got {list(bias.shape)}")
-        if layered:
-            last = lambda tree: jax.tree.map(lambda x: x[(-1,) * len(lead)], tree)  # noqa: E731
-            final = (last(stats), empty_second(last(stats), classifier=True))
+    if weight is not None and layered:
+        last = lambda tree: jax.tree.map(lambda x: x[(-1,) * len(lead)], tree)  # noqa: E731
+        final = (last(stats), empty_second(last(stats), classifier=True))
     rows = piece_rows(int(np.prod(lead, dtype=int)), dim, num_classes)
-    for index, (h, y) in enumerate(_pieces(make_batches(), rows)):
+    for index, (h, y) in enumerate(_pieces(_native(make_batches()), rows)):
         if index % IN_FLIGHT == 0:
             jax.block_until_ready(second)
         if layered:
@@ -311,10 +327,13 @@ def measure_batches(make_batches: Callable[[], Iterable[tuple]], num_classes: in
         else:
             second = _pass2_donating(second, stats, h, y, weight, bias)
 
-    values = as_json(metrics(stats, None if layered else weight, bias, second=second, ood=ood))
+    values = as_json(metrics(stats, None if layered else weight, bias, second=second, ood=ood,
+                             conventions=conventions))
     if final is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # already said for every layer above
-            last_layer = as_json(metrics(final[0], weight, bias, second=final[1]))
+            last_layer = as_json(metrics(final[0], weight, bias, second=final[1], conventions=conventions))
         values.update({name: value for name, value in last_layer.items() if name in CLASSIFIER})
+    if details:
+        values["details"] = {name: array.tolist() for name, array in class_details(stats, conventions).items()}
     return values
