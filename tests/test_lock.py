@@ -210,3 +210,43 @@ def test_takeover_race_between_processes(tmp_path):
             if process.is_alive():
                 process.kill()
     assert all(process.exitcode == 0 for process in processes)
+
+
+HOLD = "import sys; from ncjax.lock import WorkdirLock; WorkdirLock(sys.argv[1], is_writer=True).acquire(); " \
+       "print('held', flush=True); sys.stdin.read()"
+
+
+def test_a_killed_holder_leaves_a_stale_lock_that_the_next_process_takes_over(tmp_path):
+    workdir = tmp_path / "w"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(workdir)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(WorkdirError, match=f"pid {holder.pid}"):  # alive (its start time matches too)
+            take(workdir).acquire()
+        holder.kill()  # SIGKILL: no release
+        holder.wait()
+        assert json.loads((workdir / LOCK_NAME).read_text())["pid"] == holder.pid
+        with take(workdir) as lock:
+            assert lock.held and json.loads((workdir / LOCK_NAME).read_text())["pid"] == os.getpid()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def test_the_object_store_path(tmp_path, monkeypatch):
+    """gs:// and other backends without exclusive creation: check, write, read back (run here on a local folder
+    through the same epath calls)."""
+    import ncjax.lock
+    monkeypatch.setattr(ncjax.lock, "_is_local", lambda path: False)
+    workdir = tmp_path / "w"
+    with take(workdir) as lock:
+        assert lock.held and json.loads((workdir / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (workdir / LOCK_NAME).exists()
+    write_lock(workdir, pid=os.getppid())
+    with pytest.raises(WorkdirError, match=f"pid {os.getppid()}"):
+        take(workdir).acquire()
+    write_lock(workdir, pid=dead_pid())
+    with take(workdir) as lock:
+        assert lock.held
