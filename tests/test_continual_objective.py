@@ -40,8 +40,9 @@ def _unit(a):
 def _reference(module, params, teacher, x, y, masks, targets, weights, l2):
     """CE over the masked logits, dot regression to the label's target and to the teacher's features, + λ‖θ‖²."""
     apply = jax.jit(module.apply)
-    logits, h = (np.asarray(a, np.float64) for a in apply({"params": params}, x))
-    _, h_old = (np.asarray(a, np.float64) for a in apply({"params": teacher}, x))
+    logits, out = apply({"params": params}, x)
+    logits, h = np.asarray(logits, np.float64), np.asarray(out["features"], np.float64)
+    h_old = np.asarray(apply({"params": teacher}, x)[1]["features"], np.float64)
     ce = []
     for z, label in zip(logits, y):
         competing = z[masks[label]]

@@ -51,7 +51,8 @@ def test_lines_equal_direct_computations(setup):
     lines = _lines(setup, resident=True)
     for m, line in enumerate(lines):
         params = jax.tree.map(lambda a: np.asarray(a[m]), jax.device_get(state.params))
-        logits, features, blocks = module.apply({"params": params}, dataset.train_x, return_blocks=True)
+        logits, out = module.apply({"params": params}, dataset.train_x, return_blocks=True)
+        features, blocks = out["features"], out["blocks"]
         logits = np.asarray(logits, np.float64)
         shifted = logits - logits.max(1, keepdims=True)
         ce = -(shifted[np.arange(N), dataset.train_y] - np.log(np.exp(shifted).sum(1)))
@@ -78,8 +79,8 @@ def test_lines_equal_direct_computations(setup):
         grads = jax.grad(full_objective)(params)
         norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for g in jax.tree.leaves(grads)))
         assert line["gradient_norm"] == pytest.approx(norm, rel=1e-4)
-        test_logits, test_features = (np.asarray(a, np.float64) for a in module.apply({"params": params},
-                                                                                      dataset.test_x))
+        test_logits, test_out = module.apply({"params": params}, dataset.test_x)
+        test_logits, test_features = (np.asarray(a, np.float64) for a in (test_logits, test_out["features"]))
         assert line["test_accuracy"] == pytest.approx(np.mean(test_logits.argmax(1) == dataset.test_y))
         # Test-set collapse: NC1 around the test classes' own means; NCC and NC4 against the training means.
         test_y = dataset.test_y

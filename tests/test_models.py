@@ -2,6 +2,8 @@
 depth-consistent init, masked (packed) depth, matmul precision, shapes/dtypes, depth 1024
 with remat, logical axis names, and clear errors for bad configs."""
 
+import dataclasses
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -30,8 +32,15 @@ def config(name, **overrides):
 
 def scalar(outputs):
     """A loss that reaches every output, so the gradients check all of them."""
-    logits, features, blocks = outputs
-    return jnp.sum(jnp.sin(logits)) + jnp.sum(features.astype(jnp.float32) ** 2) + jnp.sum(jnp.tanh(blocks))
+    logits, out = outputs
+    return (jnp.sum(jnp.sin(logits)) + jnp.sum(out["features"].astype(jnp.float32) ** 2)
+            + jnp.sum(jnp.tanh(out["blocks"])))
+
+
+def flat(outputs):
+    """``(logits, {"features", "blocks"})`` → ``(logits, features, blocks)``, in the references' order."""
+    logits, out = outputs
+    return logits, out["features"], out["blocks"]
 
 
 def random_params(module, x, seed=0):
@@ -146,7 +155,7 @@ def test_resnets_match_float64_numpy(name, norm, affine):
     for depth in (3, 2):  # the whole stack, and its first two blocks as a masked (packed) depth
         want = resnet_reference(_float64(params), x.astype(np.float64), norm=norm, two_layer=name == "rn2",
                                 depth=depth, head_depth=2)
-        logits, features, blocks = apply(params, depth)
+        logits, features, blocks = flat(apply(params, depth))
         for g, w in zip((logits, features, blocks[:depth]), want):
             np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5)
 
@@ -160,7 +169,7 @@ def test_vision_transformer_matches_float64_numpy(norm, affine):
     for depth in (3, 1):
         want = transformer_reference(_float64(params), x.astype(np.float64), norm=norm, heads=4, patch=4,
                                      depth=depth, head_depth=1)
-        logits, features, blocks = apply(params, depth)
+        logits, features, blocks = flat(apply(params, depth))
         for g, w in zip((logits, features, blocks[:depth]), want):
             np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5)
 
@@ -169,11 +178,42 @@ def test_parameter_free_layer_norm_has_radius_sqrt_width():
     """The convention of layers.py: post-LN features have zero mean and norm √d (up to ε)."""
     x = INPUTS["rn2"][1]
     module = models.build(config("rn2", norm="post", head_depth=0))
-    _, features, blocks = jax.jit(lambda p: module.apply({"params": p}, x, return_blocks=True))(
-        random_params(module, x))
+    _, features, blocks = flat(jax.jit(lambda p: module.apply({"params": p}, x, return_blocks=True))(
+        random_params(module, x)))
     for h in (features, *blocks):
         np.testing.assert_allclose(np.linalg.norm(h, axis=-1), np.sqrt(16), rtol=1e-5)
         np.testing.assert_allclose(h.mean(-1), 0, atol=1e-6)
+
+
+def test_module_without_a_config_equals_the_built_default():
+    """``ResNet(depth=8, width=64, num_classes=10)`` needs no ConfigDict: it is ``models.build`` of the default
+    config (same module, same params from the same key, same outputs)."""
+    x = INPUTS["rn1"][1]
+    c = models.default_config()
+    c.update(depth=8, width=64, num_classes=10)
+    direct, built = models.ResNet(depth=8, width=64, num_classes=10), models.build(c)
+    assert direct == built
+    key = jax.random.key(11)
+    params = models.init(direct, key, x)
+    chex.assert_trees_all_equal(params, models.init(built, key, x))
+    logits, out = direct.apply(params, x, return_blocks=True)
+    chex.assert_shape([logits, out["features"], out["blocks"]], [(4, 10), (4, 64), (8, 4, 64)])
+    chex.assert_trees_all_equal((logits, out), built.apply(params, x, return_blocks=True))
+    c.update(name="t11", depth=4)
+    assert models.Transformer(depth=4, width=64, num_classes=10) == models.build(c)
+
+
+@pytest.mark.parametrize("module, name", [(models.ResNet, "rn1"), (models.Transformer, "t11"),
+                                          (models.MLP, "mlp")])
+def test_field_defaults_are_the_default_config(module, name):
+    """Every field of the modules (and of Layers) defaults to ``default_config()``'s value, as ``build`` reads it."""
+    c = models.default_config()
+    c.name = name
+    built = models.build(c)
+    defaults = module()
+    for field in dataclasses.fields(module):
+        if field.name not in ("parent", "name"):
+            assert getattr(defaults, field.name) == getattr(built, field.name), field.name
 
 
 # ------------------------------------------------------------------ execution variants
@@ -238,8 +278,8 @@ def test_packed_depths_equal_separate_models(name, norm, packed_overrides, depth
         single = models.build(config(name, depth=depth, norm=norm, pooling=packed_overrides.get("pooling", "cls"),
                                      input=packed_overrides.get("input", INPUTS[name][0])))
         ref, ref_grad = forward_and_grad(single, models.init(single, key, x)["params"], x)
-        logits, features, blocks = jax.tree.map(lambda a: a[i], outs)
-        chex.assert_trees_all_close((logits, features, blocks[:depth]), ref, rtol=1e-5, atol=1e-5)
+        logits, features, blocks = flat(jax.tree.map(lambda a: a[i], outs))
+        chex.assert_trees_all_close((logits, features, blocks[:depth]), flat(ref), rtol=1e-5, atol=1e-5)
         grad = jax.tree.map(lambda a: a[i], grads)
         chex.assert_trees_all_close({k: v for k, v in grad.items() if k != models.BLOCKS},
                                     {k: v for k, v in ref_grad.items() if k != models.BLOCKS}, rtol=1e-4, atol=5e-5)
@@ -253,8 +293,9 @@ def _packed(module, params, x, depths):
     """Outputs and gradients of ``module`` vmapped over active depths (masked blocks' outputs left out of the loss)."""
     def one(d):
         def loss(p):
-            out = module.apply({"params": p}, x, return_blocks=True, active_depth=d)
-            return scalar(out[:2] + (out[2] * (jnp.arange(out[2].shape[0]) < d)[:, None, None],)), out
+            logits, out = module.apply({"params": p}, x, return_blocks=True, active_depth=d)
+            kept = out["blocks"] * (jnp.arange(out["blocks"].shape[0]) < d)[:, None, None]
+            return scalar((logits, dict(out, blocks=kept))), (logits, out)
         grad, out = jax.grad(loss, has_aux=True)(params)
         return out, grad
     return jax.jit(jax.vmap(one))(depths)
@@ -313,7 +354,9 @@ def test_shapes_and_dtypes(name, dtype):
     chex.assert_trees_all_equal_dtypes(shapes, jax.tree.map(lambda p: np.zeros((), np.float32), shapes))
     variables = {"params": random_params(module, x)}
     both = jax.jit(lambda v: (module.apply(v, x, return_blocks=True), module.apply(v, x)))
-    (logits, features, blocks), (logits2, features2) = both(variables)
+    (logits, out), (logits2, out2) = both(variables)
+    assert set(out) == {"features", "blocks"} and set(out2) == {"features"}
+    features, blocks, features2 = out["features"], out["blocks"], out2["features"]
     chex.assert_shape(logits, (4, 5))
     chex.assert_shape(features, (4, 16))
     chex.assert_shape(blocks, (3, 4, 16))
@@ -420,9 +463,7 @@ def test_token_padding_changes_nothing(pooling):
     long = np.pad(tokens, ((0, 0), (0, 6)))
     variables = {"params": random_params(module, short)}
     apply = jax.jit(module.apply)
-    out_short, out_long = apply(variables, short), apply(variables, long)
-    for a, b in zip(out_short, out_long):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+    chex.assert_trees_all_close(apply(variables, short), apply(variables, long), rtol=1e-5, atol=1e-5)
 
 
 def test_mlp_against_numpy_and_packed_depths():
@@ -441,7 +482,8 @@ def test_mlp_against_numpy_and_packed_depths():
     for i in range(2):
         h = h @ np.asarray(params["head"][f"linear_head_{i}"]["kernel"]) + np.asarray(params["head"][f"linear_head_{i}"]["bias"])
     logits_want = h @ np.asarray(params["head"]["classifier"]["kernel"]) + np.asarray(params["head"]["classifier"]["bias"])
-    logits, features, blocks = deep.apply({"params": params}, x, return_blocks=True)
+    logits, out = deep.apply({"params": params}, x, return_blocks=True)
+    blocks = out["blocks"]
     np.testing.assert_allclose(logits, logits_want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(blocks, np.stack(outputs), rtol=1e-5, atol=1e-6)
 

@@ -40,7 +40,8 @@ class Forward:
         self.mesh, self.batch_size = mesh, batch_size
 
         def members(params, x):
-            return jax.vmap(lambda p: module.apply({"params": p}, x, train=False))(params)
+            logits, out = jax.vmap(lambda p: module.apply({"params": p}, x, train=False))(params)
+            return logits, out["features"]
 
         self._forward = jax.jit(members, out_shardings=parallel.replicated(mesh))
 

@@ -35,11 +35,12 @@ def task_loss(module: nn.Module, weights: LossWeights, l2_exclude: Sequence[str]
     factor = objective.L2_FORMS[l2_form]
 
     def loss_fn(params, hyper, x, y, extras):
-        logits, features = module.apply({"params": params}, x, train=True)
+        logits, out = module.apply({"params": params}, x, train=True)
+        features = out["features"]
         mask = extras["masks"][y]  # [B, K]
         old_features = None
         if "teacher" in extras:
-            _, old_features = module.apply({"params": extras["teacher"]}, x, train=False)
+            old_features = module.apply({"params": extras["teacher"]}, x, train=False)[1]["features"]
         total, terms = continual_loss(weights, y, logits=logits, logit_mask=mask, features=features,
                                       vertices=extras.get("targets"), old_features=old_features)
         penalty = objective.l2_penalty(params, l2_exclude, which=l2_params)

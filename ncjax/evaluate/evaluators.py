@@ -68,9 +68,9 @@ class Model:
         """One member: logits [B, K], features [B, d], blocks [L, B, d] (float32); ``x``: rows of a split
         (composed into the member's inputs when its data is made per member, ``Dataset.inputs``)."""
         extra = dict(active_depth=member.depth) if self.packed else {}
-        logits, features, blocks = self.module.apply({"params": params}, self.inputs(x, member.data_value),
-                                                     train=False, return_blocks=True, **extra)
-        return logits, features.astype(jnp.float32), blocks.astype(jnp.float32)
+        logits, out = self.module.apply({"params": params}, self.inputs(x, member.data_value),
+                                        train=False, return_blocks=True, **extra)
+        return logits, out["features"].astype(jnp.float32), out["blocks"].astype(jnp.float32)
 
     def classifiers(self, params) -> tuple[np.ndarray, np.ndarray | None]:
         """Every member's classifier ``W`` [M, K, d] and ``b`` [M, K] (None without a bias), on the host."""

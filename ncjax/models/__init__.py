@@ -5,19 +5,24 @@ Public API::
     cfg = default_config(); cfg.name = "rn1"; cfg.depth = 512
     module = build(cfg)                                  # validates cfg first (ConfigError)
     variables = init(module, rng, sample_input)          # {'params': plain arrays}
-    logits, features = module.apply(variables, x)
-    logits, features, blocks = module.apply(variables, x, return_blocks=True)
-    logits, features = module.apply(variables, x, active_depth=L)   # the depth-L network
+    logits, out = module.apply(variables, x)            # out = {"features": [B, d]}
+    logits, out = module.apply(variables, x, return_blocks=True)    # out also has "blocks": [L, B, d]
+    logits, out = module.apply(variables, x, active_depth=L)        # the depth-L network
     W, b = classifier_weights(variables["params"])      # [K, d], [K] or None
     specs = logical_specs(module, sample_input)          # logical PartitionSpecs of the params
 
-``module.apply(variables, x, train=False, return_blocks=False, active_depth=None)``:
-``x`` is float [B, H, W, C] (images), float [B, D] (vectors, ResNets) or int
-[B, T] (tokens, transformers). ``logits`` [B, K] float32; ``features`` [B, d] the
-vectors that enter the classifier (after pooling, final LayerNorm and the linear
-head); ``blocks`` [L, B, d] every block's output (transformers: pooled like the
-features, before the final LayerNorm and head). ``train`` is accepted by every
-model and has no effect yet (no dropout or batch statistics).
+    module = ResNet(depth=8, width=64, num_classes=10)   # no ConfigDict: every other field has
+    module = Transformer(depth=4, width=64, num_classes=10)  # default_config()'s value (as does MLP)
+
+``module.apply(variables, x, train=False, return_blocks=False, active_depth=None)``
+returns ``(logits, out)`` with ``out`` a dict of named outputs. ``x`` is float
+[B, H, W, C] (images), float [B, D] (vectors, ResNets) or int [B, T] (tokens,
+transformers). ``logits`` [B, K] float32; ``out["features"]`` [B, d] the vectors
+that enter the classifier (after pooling, final LayerNorm and the linear head);
+``out["blocks"]`` [L, B, d] (only with ``return_blocks=True``) every block's output
+(transformers: pooled like the features, before the final LayerNorm and head).
+``train`` is accepted by every model and has no effect yet (no dropout or batch
+statistics).
 
 Depth-consistent parameters and packing several depths in one program
 (``stack.py``): the blocks' parameters are ``params['blocks']``, every leaf with a
@@ -51,7 +56,8 @@ from ncjax.models.resnet import ResNet
 from ncjax.models.stack import BLOCKS
 from ncjax.models.transformer import Transformer
 
-__all__ = ["BLOCKS", "build", "classifier_weights", "default_config", "init", "logical_specs", "validate"]
+__all__ = ["BLOCKS", "MLP", "ResNet", "Transformer", "build", "classifier_weights", "default_config", "init",
+           "logical_specs", "validate"]
 
 
 def build(c: ml_collections.ConfigDict) -> nn.Module:

@@ -65,14 +65,14 @@ class Layers:
 
     ``dtype`` is the compute dtype (params are always float32), ``precision`` a key of
     :data:`PRECISIONS`, ``norm_affine`` whether LayerNorms have a learnable scale and
-    shift (``use_bias`` then also governs the shift).
+    shift (``use_bias`` then also governs the shift). The defaults are ``models.default_config()``'s.
     """
 
-    use_bias: bool
-    init_scale: float
-    dtype: Any
-    precision: str
-    norm_affine: bool
+    use_bias: bool = True
+    init_scale: float = 1.0
+    dtype: Any = jnp.dtype("float32")
+    precision: str = "highest"
+    norm_affine: bool = False
 
     @property
     def lax_precision(self) -> jax.lax.Precision:

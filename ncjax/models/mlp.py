@@ -22,15 +22,18 @@ from ncjax.models.layers import ACTIVATIONS, Head, Layers
 
 
 class MLP(nn.Module):
-    """``depth`` hidden ReLU layers of ``width`` units, then the head. Input [B, ...] float, flattened."""
+    """``depth`` hidden ReLU layers of ``width`` units, then the head. Input [B, ...] float, flattened.
 
-    depth: int
-    width: int
-    num_classes: int
-    activation: str
-    classifier_bias: bool
-    head_depth: int
-    layers: Layers
+    Fields default to ``models.default_config()``'s values; returns ``(logits, {"features", "blocks"})``
+    like the other models."""
+
+    depth: int = 8
+    width: int = 64
+    num_classes: int = 10
+    activation: str = "relu"
+    classifier_bias: bool = True
+    head_depth: int = 0
+    layers: Layers = Layers()
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_blocks: bool = False,
@@ -51,4 +54,5 @@ class MLP(nn.Module):
             outputs.append(out)
         logits, features = Head(self.num_classes, self.head_depth, final_norm=False,
                                 classifier_bias=self.classifier_bias, layers=self.layers, name="head")(h)
-        return (logits, features, jnp.stack(outputs)) if return_blocks else (logits, features)
+        return logits, ({"features": features, "blocks": jnp.stack(outputs)} if return_blocks
+                        else {"features": features})

@@ -47,22 +47,27 @@ class ResBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-    """L-RN1 (``two_layer=False``) / L-RN2. Input [B, ...] float, flattened to [B, D]."""
+    """L-RN1 (``two_layer=False``) / L-RN2. Input [B, ...] float, flattened to [B, D].
 
-    depth: int
-    width: int
-    num_classes: int
-    two_layer: bool
-    mlp_dim: int | None
-    activation: str
-    norm: str
-    classifier_bias: bool
-    head_depth: int
-    layers: Layers
-    scan: bool
-    unroll: int
-    remat_policy: str | None
-    remat_group: int | None
+    Every field defaults to ``models.default_config()``'s value (L-RN1, post-LN, width 64), so
+    ``ResNet(depth=8, width=64, num_classes=10)`` is ``models.build`` of that config.
+    Returns ``(logits, {"features": ..., "blocks": ...})`` (blocks only with ``return_blocks``).
+    """
+
+    depth: int = 8
+    width: int = 64
+    num_classes: int = 10
+    two_layer: bool = False
+    mlp_dim: int | None = None
+    activation: str = "relu"
+    norm: str = "post"
+    classifier_bias: bool = True
+    head_depth: int = 0
+    layers: Layers = Layers()
+    scan: bool = True
+    unroll: int = 1
+    remat_policy: str | None = None
+    remat_group: int | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False, return_blocks: bool = False,
@@ -77,4 +82,4 @@ class ResNet(nn.Module):
                                active_depth=active_depth)
         logits, features = Head(self.num_classes, self.head_depth, final_norm=self.norm != "post",
                                 classifier_bias=self.classifier_bias, layers=self.layers, name="head")(h)
-        return (logits, features, blocks) if return_blocks else (logits, features)
+        return logits, ({"features": features, "blocks": blocks} if return_blocks else {"features": features})

@@ -95,28 +95,32 @@ class Transformer(nn.Module):
     flattened and embedded linearly. ``input='tokens'``: int [B, T], T ≤ ``max_len``,
     id 0 (``PAD_TOKEN``) is padding, ignored by attention and mean pooling.
     Both get learned positions; ``pooling='cls'`` prepends a learned CLS token.
+
+    Every field defaults to ``models.default_config()``'s value (L-T11, post-LN, CLS pooling,
+    7×7 patches), so ``Transformer(depth=4, width=64, num_classes=10)`` is ``models.build`` of
+    that config with name 't11'. Returns ``(logits, {"features": ..., "blocks": ...})``.
     """
 
-    depth: int
-    width: int
-    num_classes: int
-    two_layer: bool
-    mlp_dim: int | None
-    num_heads: int
-    activation: str
-    norm: str
-    pooling: str
-    input: str
-    patch_size: int
-    vocab_size: int
-    max_len: int
-    classifier_bias: bool
-    head_depth: int
-    layers: Layers
-    scan: bool
-    unroll: int
-    remat_policy: str | None
-    remat_group: int | None
+    depth: int = 8
+    width: int = 64
+    num_classes: int = 10
+    two_layer: bool = False
+    mlp_dim: int | None = None
+    num_heads: int = 4
+    activation: str = "relu"
+    norm: str = "post"
+    pooling: str = "cls"
+    input: str = "image"
+    patch_size: int = 7
+    vocab_size: int = 256
+    max_len: int = 512
+    classifier_bias: bool = True
+    head_depth: int = 0
+    layers: Layers = Layers()
+    scan: bool = True
+    unroll: int = 1
+    remat_policy: str | None = None
+    remat_group: int | None = None
 
     def _embed(self, x: jax.Array) -> tuple[jax.Array, jax.Array | None]:
         """Embedded tokens [B, T, d] and their validity mask [B, T] (None: no token is padding)."""
@@ -167,4 +171,4 @@ class Transformer(nn.Module):
         logits, features = Head(self.num_classes, self.head_depth, final_norm=self.norm == "pre",
                                 classifier_bias=self.classifier_bias, layers=self.layers,
                                 name="head")(pool(h, self.pooling, valid))
-        return (logits, features, blocks) if return_blocks else (logits, features)
+        return logits, ({"features": features, "blocks": blocks} if return_blocks else {"features": features})
