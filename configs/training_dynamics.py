@@ -39,7 +39,7 @@ def get_config(arg=None):
     c.log_every_steps = 25
     c.summary.min_train_accuracy = 0.0
     if p["size"] == "quick":
-        c.seeds = (0,)
+        c.seeds = (0, 1)
         c.model.width = 64
         c.train.steps = 100
         c.checkpoint.every_steps = 100

@@ -501,10 +501,17 @@ def load_params(workdir: Path | str, depth: int, seed: int, step: int | None = N
 
     ``depth`` and ``seed`` name the run; ``point`` gives the other swept values of a sweep
     over more axes (e.g. ``**{'train.l2': 5e-4}``). ``step=None``: the latest checkpoint.
-    A packed run's stack holds ``max(depths)`` blocks; only the first ``depth`` are its own.
-    The arrays are verified against the digests saved with the step (a damaged step raises
-    CheckpointError naming it; pass an earlier ``step``); reading prints no Orbax warnings.
+    A packed run's stack holds ``max(depths)`` blocks; only the first ``depth`` are its own
+    (``ncjax.load_run`` slices them). The arrays are verified against the digests saved with
+    the step (a damaged step raises CheckpointError naming it; pass an earlier ``step``);
+    reading prints no Orbax warnings.
     """
+    return find_run(workdir, depth, seed, step, **point)[1]
+
+
+def find_run(workdir: Path | str, depth: int, seed: int, step: int | None = None,
+             **point: Any) -> tuple[int, dict[str, Any]]:
+    """``(step, params)`` of :func:`load_params`: the step it read (the latest when ``step`` is None)."""
     wanted = dict(point, depth=depth)
     for group_dir in sorted(Path(workdir).glob(f"*/{CHECKPOINTS}")):
         checkpoints = GroupCheckpoints(group_dir.parent, read_only=True)
@@ -521,7 +528,7 @@ def load_params(workdir: Path | str, depth: int, seed: int, step: int | None = N
             if index is None:
                 continue
             params, _ = checkpoints.restore_params(chosen)
-            return jax.tree.map(lambda a: np.asarray(a)[index], params)
+            return chosen, jax.tree.map(lambda a: np.asarray(a)[index], params)
         finally:
             checkpoints.close()
     where = f"step {step}" if step is not None else "any step"

@@ -73,6 +73,9 @@ def packaged_config(argv: list[str]) -> list[str]:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing with errors as one line and status 2 (absl's own exits 1 with usage)."""
     argv = packaged_config(argv)
+    if any(arg in ("--help", "-h", "--helpshort", "--helpfull", "-?") for arg in argv[1:]):
+        print(_help())
+        sys.exit(errors.EXIT_OK)
     try:
         rest = flags.FLAGS(argv)
         if "config" in flags.FLAGS and flags.FLAGS["config"].present:
@@ -80,6 +83,16 @@ def parse_flags(argv: list[str]) -> list[str]:
         return rest
     except Exception as error:  # noqa: BLE001  config files can raise anything while loading
         sys.exit(errors.fail(_unknown_key(argv) or _last_line(error)))
+
+
+def _help() -> str:
+    """The command's docstring and the flags the front door defined for it (absl's own --help exits 1 and
+    lists only the flags of ``__main__``)."""
+    doc = (getattr(sys.modules.get("__main__"), "__doc__", None) or "").strip()
+    modules = [m for m in flags.FLAGS.flags_by_module_dict() if m == "ncjax.main" or m.endswith("ncjax/main.py")
+               or m == "__main__"]
+    listed = "\n".join(flags.FLAGS.module_help(m) for m in modules)
+    return f"{doc}\n\nflags (--name=value or --name value):\n{listed}\n"
 
 
 def _last_line(error: Exception) -> str:

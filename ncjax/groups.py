@@ -124,6 +124,14 @@ class GroupSetup:
                                  diverged_at=jax.device_put(self.diverged.astype(np.int32), self.program.replicated))
         return state, start
 
+    def params_at(self, step: int):
+        """The parameters of checkpoint ``step``, with the members' divergence as it was then (for measuring);
+        CheckpointError if the step fails its integrity check."""
+        abstract = self.program.abstract_state
+        params, _, meta = self.checkpoints.restore(step, abstract.params, abstract.opt_state)
+        self.diverged = np.asarray(meta["diverged_at"], np.int64)
+        return params
+
     def save(self, step: int, state: train.TrainState) -> None:
         self.checkpoints.save(step, state.params, state.opt_state, self._meta(step))
 

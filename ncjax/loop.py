@@ -54,18 +54,38 @@ class Cadence:
     checkpoint_every: int
     steps_per_call: int
     evaluate_every: int | None = None
+    evaluate_at: frozenset[int] = frozenset()  # more evaluation steps (e.g. log-spaced: :func:`log_spaced`)
 
     def _every(self, every: int | None, step: int) -> bool:
         return every is not None and (step % every == 0 or step == self.end)
 
     def due(self, step: int) -> Due:
         return Due(log=self._every(self.log_every, step), checkpoint=self._every(self.checkpoint_every, step),
-                   evaluate=self._every(self.evaluate_every, step))
+                   evaluate=self._every(self.evaluate_every, step) or step in self.evaluate_at)
 
     def next_boundary(self, step: int) -> int:
         """Where the block that starts at ``step`` ends: the next step at which anything is due."""
         everies = [e for e in (self.log_every, self.checkpoint_every, self.evaluate_every) if e]
-        return min([self.end, step + self.steps_per_call] + [(step // e + 1) * e for e in everies])
+        return min([self.end, step + self.steps_per_call] + [(step // e + 1) * e for e in everies]
+                   + [s for s in self.evaluate_at if s > step])
+
+
+def evaluation_steps(end: int, log_points: int, final_points: int, grid: int) -> frozenset[int]:
+    """Evaluation steps beyond the regular cadence: about ``log_points`` log-spaced over the run (curves on a
+    log time axis) and the last ``final_points`` log steps (so that an estimate from the last evaluations
+    describes the end of training, not one checkpoint), all on multiples of ``grid`` or ``end``."""
+    final = {end - i * grid for i in range(final_points) if end - i * grid > 0}
+    return log_spaced(end, log_points, grid) | frozenset(final)
+
+
+def log_spaced(end: int, count: int, grid: int) -> frozenset[int]:
+    """About ``count`` steps spread evenly on a log axis over (0, end], on multiples of ``grid`` (the log
+    cadence: blocks keep the lengths they have, so no new program is compiled) or ``end``."""
+    if count <= 0:
+        return frozenset()
+    points = np.geomspace(1, end, count)
+    snapped = np.minimum(np.maximum(np.round(points / grid), 1) * grid, end).astype(int)
+    return frozenset(int(s) for s in snapped)
 
 
 class StopFlag:

@@ -100,18 +100,20 @@ def _workdir_command(action: str) -> Callable[[list[str]], None]:
         workdir = flags.FLAGS.workdir
 
         def job():
+            import contextlib
+
             from ncjax import lock, records
 
-            name, kind = kind_of(records.read_config(workdir))
-            function = getattr(kind, action)
-            if function is None:
-                raise errors.WorkdirError(f"{workdir} holds a {name} run, whose results its runner writes once; "
-                                          f"nothing to {action} (depth sweeps and continual runs can be redrawn, "
-                                          "depth sweeps re-evaluated)")
-            if action == "reevaluate":
-                with lock.WorkdirLock(workdir, purpose="re-evaluation"):
-                    _function(function)(workdir)
-            else:
+            # Re-evaluation rewrites metrics: it takes the workdir first, so a running trainer is named as such.
+            held = lock.WorkdirLock(workdir, purpose="re-evaluation") if action == "reevaluate" \
+                else contextlib.nullcontext()
+            with held:
+                name, kind = kind_of(records.read_config(workdir))
+                function = getattr(kind, action)
+                if function is None:
+                    raise errors.WorkdirError(
+                        f"{workdir} holds a {name} run, whose results its runner writes once; nothing to {action} "
+                        "(depth sweeps and continual runs can be redrawn, depth sweeps re-evaluated)")
                 _function(function)(workdir)
             if name == "depth_sweep":
                 _report(workdir)

@@ -53,8 +53,12 @@ def _is_runtime(key: str) -> bool:
 def check_workdir(workdir: Path | str, config: dict[str, Any]) -> None:
     """Raise WorkdirError unless ``workdir`` is new or holds a run of the same experiment as ``config``
     (runtime settings may differ); writes nothing."""
-    if Path(workdir).exists() and not Path(workdir).is_dir():
-        raise WorkdirError(f"--workdir={workdir} is a file, not a folder; give a new or an existing run folder")
+    existing = Path(workdir)
+    while not existing.exists() and existing.parent != existing:  # the nearest part of the path that exists
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise WorkdirError(f"--workdir={workdir}: {existing} is a file, not a folder; give a new or an existing "
+                           "run folder")
     if (Path(workdir) / CONFIG).exists():
         changed = [key for key in _differences(read_config(workdir), _as_stored(config)) if not _is_runtime(key)]
         if changed:
@@ -91,21 +95,29 @@ def read_config(workdir: Path | str) -> dict[str, Any]:
     if not path.exists():
         raise WorkdirError(f"{path} does not exist: --workdir must be a folder written by `python -m ncjax.main`")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WorkdirError(f"{path} is not valid JSON ({error}); fix or remove it, or use another --workdir") from None
+    if not isinstance(config, dict):
+        raise WorkdirError(f"{path} holds a JSON {type(config).__name__}, not a config; it was not written by "
+                           "ncjax: fix or remove it, or use another --workdir")
+    return config
 
 
 def read_lines(path: Path) -> list[dict[str, Any]]:
-    """JSON lines of ``path`` (none if absent), by step; later lines win; a torn last line is skipped."""
+    """JSON lines of ``path`` (none if absent), by step; later lines win; a line that is not JSON (torn by a
+    kill) is skipped; JSON that is not a record is refused (WorkdirError, one line)."""
     if not path.exists():
         return []
     by_step = {}
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # the tail of a write cut by a kill
+        except json.JSONDecodeError:  # the tail of a write cut by a kill (a resume recomputes what is lost)
             continue
+        if not (isinstance(record, dict) and isinstance(record.get("step"), int)):
+            raise WorkdirError(f"{path}, line {number}, is not an ncjax record (no integer 'step'): remove that "
+                               "line, or the file to have it rebuilt from the checkpoints")
         by_step[record["step"]] = record
     return [by_step[s] for s in sorted(by_step)]
 

@@ -5,6 +5,7 @@ import hashlib
 import json
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -57,7 +58,8 @@ def test_workdir_contract(finished):
         for seed in (0, 1):
             run = finished / f"depth_{depth:03d}" / f"seed_{seed}"
             lines = metrics_lines(run)
-            assert [line["step"] for line in lines] == [30, 60]
+            # every checkpoint (30, 60) and log-spaced steps on the log cadence (evaluate.log_points)
+            assert [line["step"] for line in lines] == [10, 20, 30, 40, 60]
             for line in lines:
                 assert METRIC_KEYS <= set(line)
                 assert line["depth"] == depth and line["seed"] == seed
@@ -66,7 +68,7 @@ def test_workdir_contract(finished):
                 # LayerNorm, so the per-block value is its own number; it must be finite
                 assert all(np.isfinite(line["nc1_per_block"]))
                 assert 0 <= line["nc4"] <= 1 and 0 <= line["train_accuracy"] <= 1
-            assert any((run / "tensorboard").iterdir())
+            assert any((run / "tensorboard" / "train").iterdir()) and any((run / "tensorboard" / "eval").iterdir())
             log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
             assert [r["step"] for r in log] == [10, 20, 30, 40, 50, 60]
             assert all(np.isfinite(r["loss"]) and r["grad_norm"] > 0 for r in log)
@@ -84,6 +86,25 @@ def test_workdir_contract(finished):
     assert [s["seed"] for s in nc1] == ["0", "1", "mean", "std"]
     for figure in ("nc_vs_depth.png", "collapse_vs_steps.png", "nc1_vs_block.png"):
         assert (finished / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_load_run_reproduces_the_runs_metrics(finished, capfd):
+    """``ncjax.load_run``: the model at the run's depth, its verified parameters, its data; measured with
+    ``ncjax.collapse`` they give the run's last metrics line; reading prints no warnings."""
+    import ncjax
+    from ncjax import collapse
+
+    run = ncjax.load_run(finished, depth=2, seed=1)
+    assert run.step == 60 and run.params["blocks"]["linear"]["kernel"].shape[0] == 2
+    x, y = run.data.train_x, run.data.train_y
+    weight, bias = run.classifier()
+    scores = collapse.measure(run.features(x), y, run.data.num_classes, weight=weight, bias=bias)
+    line = metrics_lines(finished / "depth_002" / "seed_1")[-1]
+    for key in ("nc1_quotient", "nc2_etf_w", "nc3_cos", "ncc_accuracy"):
+        assert scores[key] == pytest.approx(line[key], rel=1e-3, abs=1e-6), key
+    assert np.mean(run.logits(x).argmax(1) == y) == pytest.approx(line["train_accuracy"])
+    assert run.features(x[:5], blocks=True).shape == (2, 5, run.config.model.width)
+    assert "WARNING" not in capfd.readouterr().err
 
 
 def test_evaluate_reproduces_metrics(finished, tmp_path):
@@ -105,6 +126,28 @@ def test_evaluate_reproduces_metrics(finished, tmp_path):
     (copy / "summary.csv").unlink()
     ncjax(f"--workdir={copy}", module="ncjax.sweep", check=0)
     assert (copy / "summary.csv").exists()
+    # The dashboard agrees with metrics.jsonl after re-evaluation: every scalar, per block, with HParams.
+    board = tensorboard_scalars(run / "tensorboard" / "eval")
+    for line in metrics_lines(run):
+        assert board["eval/nc1_quotient"][line["step"]] == pytest.approx(line["nc1_quotient"], rel=1e-6)
+        assert board["blocks/nc1/block_001"][line["step"]] == pytest.approx(line["nc1_per_block"][0], rel=1e-6)
+    assert any(tag.startswith("_hparams_") for tag in board)
+
+
+def tensorboard_scalars(folder: Path) -> dict:
+    """{tag: {step: value}} of every event file under ``folder`` (TFRecord framing, tensorboardX's protos)."""
+    from tensorboardX.proto import event_pb2
+
+    out = {}
+    for path in sorted(folder.rglob("events.out.tfevents.*")):
+        data, i = path.read_bytes(), 0
+        while i + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[i:i + 8])
+            event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+            i += 12 + length + 4
+            for value in event.summary.value:
+                out.setdefault(value.tag, {})[event.step] = value.simple_value
+    return out
 
 
 def _start(workdir, *args):
@@ -196,6 +239,15 @@ def test_kill_9_at_many_instants_then_the_same_result(tmp_path):
         ("--config.train.batch_size=100", "divisible"),
         ("--config.data.n_per_class=5000", "n_per_class"),
         ("--config.seeds=(0,0)", "seeds"),
+        # Non-finite or impossible numbers and bad patterns are refused before they claim the workdir.
+        ("--config.train.learning_rate=inf", "train.learning_rate=inf must be a finite number > 0"),
+        ("--config.train.l2=inf", "train.l2=inf"),
+        ("--config.train.mse_target_scale=nan", "train.mse_target_scale=nan"),
+        ("--config.train.momentum=nan", "train.momentum=nan"),
+        ("--config.train.warmup_steps=-5", "train.warmup_steps=-5 must be an integer >= 0"),
+        ("--config.train.l2_exclude=('[',)", "is not a regular expression"),
+        ("--config.model.init_scale=inf", "model.init_scale=inf"),
+        ("--config.evaluate.evaluators=('penalty',)", "needs train_loss"),
     ],
 )
 def test_bad_config_values_are_one_line_errors(tmp_path, override, message):
@@ -226,17 +278,59 @@ def test_workdir_of_another_config_is_refused(finished):
     assert tree_digest(finished) == before
 
 
-def test_corrupted_checkpoint_is_refused_and_kept(finished, tmp_path):
+def _flip_a_bit(step_folder: Path) -> None:
+    """One flipped bit in the largest parameter file of a checkpoint step (what a faulty disk does)."""
+    files = [p for p in (step_folder / "params").rglob("*") if p.is_file() and "metadata" not in p.name]
+    target = max(files, key=lambda p: p.stat().st_size)
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+
+
+def test_a_corrupted_checkpoint_is_detected_and_never_overwrites_results(finished, tmp_path):
+    """Training resumes from the newest intact step (with a warning) to the same metrics; re-evaluation skips
+    the damaged step and keeps its lines; the damaged files are left as they were."""
     workdir = tmp_path / "w"
     shutil.copytree(finished, workdir)
-    state = workdir / "depth_001" / "checkpoints" / "60" / "params"
-    for path in state.rglob("*"):
-        if path.is_file() and path.stat().st_size > 0 and "metadata" not in path.name:
-            path.write_bytes(b"\0garbage" * 3)
-    before = tree_digest(workdir)
+    step = workdir / "depth_001" / "checkpoints" / "60"
+    _flip_a_bit(step)
+    damaged = tree_digest(step)
+    before = {run: metrics_lines(run) for run in workdir.glob("depth_*/seed_*")}
+    result = ncjax(f"--workdir={workdir}", module="ncjax.evaluate", check=0)
+    assert "failed its integrity check" in result.stderr and "60" in result.stderr
+    assert {run: metrics_lines(run) for run in workdir.glob("depth_*/seed_*")} == before
+    result = ncjax(*QUICK, "--config.depths=(1,2)", f"--workdir={workdir}", check=0)
+    assert "failed its integrity check" in result.stderr and "resuming from step 30" in result.stderr
+    for run, lines in before.items():
+        again = metrics_lines(run)
+        assert [line["step"] for line in again] == [line["step"] for line in lines]
+        for old, new in zip(lines, again):
+            np.testing.assert_allclose(new["nc1_quotient"], old["nc1_quotient"], rtol=1e-5)
+    assert tree_digest(step) == damaged
+
+
+def test_missing_metrics_lines_are_restored_by_a_rerun(finished, tmp_path):
+    workdir = tmp_path / "w"
+    shutil.copytree(finished, workdir)
+    run = workdir / "depth_002" / "seed_1"
+    before = metrics_lines(run)
+    (run / "metrics.jsonl").write_text("")
+    ncjax(*QUICK, "--config.depths=(1,2)", f"--workdir={workdir}", check=0)
+    steps = [line["step"] for line in metrics_lines(run)]
+    assert {30, 60} <= set(steps)  # every checkpointed step measured again (steps between have no checkpoint)
+    for line in metrics_lines(run):
+        old = next(b for b in before if b["step"] == line["step"])
+        np.testing.assert_allclose(line["nc1_quotient"], old["nc1_quotient"], rtol=1e-5)
+    with (run / "metrics.jsonl").open("a") as f:
+        f.write('{"foreign": true}\n')
     result = ncjax(*QUICK, "--config.depths=(1,2)", f"--workdir={workdir}", check=2)
-    assert "cannot be read" in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert tree_digest(workdir) == before
+    assert "is not an ncjax record" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_workdir_under_a_file_is_one_line(tmp_path):
+    (tmp_path / "a_file").write_text("precious")
+    result = ncjax(*QUICK, f"--workdir={tmp_path / 'a_file' / 'sub'}", check=2)
+    assert "is a file" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
 def test_nan_loss_stops_with_nonzero_status_and_keeps_good_checkpoints(tmp_path):

@@ -78,13 +78,19 @@ def seen_class_collapse(features, labels, num_seen: int, classifier) -> dict[str
     targets score ``nc3 = nc2_etf_w = 0`` also for a subset of a pre-allocated ETF
     (whose seen rows do not sum to zero). ProNC's grown targets are centred already.
     Returns every metric of :func:`ncjax.collapse.measure` (``nc1``, ``nc2_etf``,
-    ``nc3``, ...).
+    ``nc3``, ...); all NaN for a member whose features or targets are not finite (it diverged).
     """
     labels = np.asarray(labels)
     if labels.size and labels.max() >= num_seen:
         raise ValueError(f"labels must be seen classes (< {num_seen}); got a label {labels.max()}")
     weight = np.asarray(classifier, np.float64)[:num_seen]
-    return collapse.measure(features, labels, num_seen, weight=weight - weight.mean(0))
+    weight = weight - weight.mean(0)
+    features = np.asarray(features)
+    if not (np.isfinite(features).all() and np.isfinite(weight).all()):  # a diverged member: no collapse to measure
+        names = collapse.measure(np.nan_to_num(features, nan=0.0, posinf=0.0, neginf=0.0), labels, num_seen,
+                                 weight=np.nan_to_num(weight))
+        return {name: float("nan") for name in names}
+    return collapse.measure(features, labels, num_seen, weight=weight)
 
 
 def _seen_row(acc, task: int) -> np.ndarray:

@@ -20,7 +20,9 @@ from ncjax.errors import ConfigError
 from ncjax.evaluate import evaluators as plugins
 from ncjax.evaluate.passes import Split
 
-EVALUATORS = ("train_set", "test_set", "penalty", "ufm", "balancedness", "gradient_norm")
+CLASSES = {"train_set": plugins.TrainSet, "test_set": plugins.TestSet, "penalty": plugins.Penalty,
+           "ufm": plugins.AgainstUFM, "balancedness": plugins.Balancedness, "gradient_norm": plugins.GradientNorm}
+EVALUATORS = tuple(CLASSES)
 DEFAULT = ("train_set", "test_set", "penalty", "ufm", "balancedness")
 
 
@@ -29,13 +31,7 @@ class GroupEvaluator:
 
     def __init__(self, evaluators: Sequence[plugins.Evaluator]):
         self.evaluators = list(evaluators)
-        available: set[str] = set()
-        for evaluator in self.evaluators:  # a need is met by an earlier plug-in, or the list is wrong
-            missing = [n for n in evaluator.needs if n not in available]
-            if missing:
-                raise ConfigError(f"evaluate.evaluators: {type(evaluator).__name__} needs {', '.join(missing)} "
-                                  "from an evaluator listed before it (e.g. train_set first)")
-            available |= set(evaluator.provides) | set(evaluator.shares)
+        _check_needs([type(e) for e in self.evaluators])
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
         self._compiled = self._pool.submit(lambda: [e.compile() for e in self.evaluators])
 
@@ -86,8 +82,20 @@ def build(module: nn.Module, dataset: data.Dataset, config: ml_collections.Confi
     return GroupEvaluator([e for e in chosen if e is not None])
 
 
+def _check_needs(classes) -> None:
+    """Every plug-in's needs met by one listed before it."""
+    available: set[str] = set()
+    for cls in classes:
+        missing = [n for n in cls.needs if n not in available]
+        if missing:
+            raise ConfigError(f"evaluate.evaluators: {cls.__name__} needs {', '.join(missing)} from an evaluator "
+                              "listed before it (e.g. train_set first)")
+        available |= set(cls.provides) | set(cls.shares)
+
+
 def validate(names) -> None:
-    """Raise ConfigError unless ``names`` is a tuple of distinct known evaluators."""
+    """Raise ConfigError unless ``names`` is a tuple of distinct known evaluators, each after what it needs."""
     if not isinstance(names, (tuple, list)) or len(set(names)) != len(names) or not set(names) <= set(EVALUATORS):
         raise ConfigError(f"evaluate.evaluators={names!r}: give distinct names among {', '.join(EVALUATORS)}, "
                           "e.g. --config.evaluate.evaluators=\"('train_set', 'penalty')\"")
+    _check_needs([CLASSES[name] for name in names])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 
-import numpy as np
 from etils.epath import Path
 
 from ncjax import checkpoints, config as configs, dashboard, groups, parallel, records, summary
@@ -20,14 +19,12 @@ from ncjax.errors import CheckpointError
 
 def _measure_group(setup: groups.GroupSetup) -> None:
     lines = {run: [] for run in setup.runs}
-    abstract = setup.program.abstract_state
     for step in setup.checkpoints.steps():
         try:
-            params, _, meta = setup.checkpoints.restore(step, abstract.params, abstract.opt_state)
+            params = setup.params_at(step)
         except CheckpointError as error:
             print(f"warning: {error}; its metrics lines are kept as they are", file=sys.stderr)
             continue
-        setup.diverged = np.asarray(meta["diverged_at"], np.int64)
         for run, line in zip(setup.runs, setup.measure(step, params)):
             lines[run].append(line)
     for run, run_lines in lines.items():

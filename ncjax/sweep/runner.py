@@ -16,6 +16,18 @@ from ncjax import dashboard, groups, loop, parallel, records, summary
 from ncjax.errors import Diverged
 
 
+def _measure_missing(setup: groups.GroupSetup, start: int, state, evaluate) -> None:
+    """Measure the checkpointed steps up to ``start`` whose metrics lines are missing: a kill between a save
+    and its evaluation, or a metrics.jsonl emptied, removed or damaged since (lines at steps without a
+    checkpoint cannot come back: re-evaluation says the same)."""
+    written = [{r["step"] for r in records.read_metrics(run)} for run in setup.runs]
+    missing = [s for s in setup.checkpoints.steps() if 0 < s <= start and any(s not in w for w in written)]
+    diverged = setup.diverged.copy()
+    for step in missing:
+        evaluate(step, state.params if step == start else setup.params_at(step))
+    setup.diverged = diverged  # the restored state's, whatever the earlier steps' were
+
+
 def _train_group(setup: groups.GroupSetup, stop: loop.StopFlag) -> None:
     state, start = setup.restore()
     for run in setup.runs:
@@ -29,15 +41,16 @@ def _train_group(setup: groups.GroupSetup, stop: loop.StopFlag) -> None:
         evaluations.add(lines)
 
     try:
-        if start and any(start not in {r["step"] for r in records.read_metrics(run)} for run in setup.runs):
-            evaluate(start, state.params)  # killed between a save and its evaluation
+        _measure_missing(setup, start, state, evaluate)
         if start >= setup.total_steps or setup.diverged.all():
             return
         _ = setup.evaluator  # built now, so that its programs compile while the first block trains
         c = setup.config
         cadence = loop.Cadence(end=setup.total_steps, log_every=c.log_every_steps,
                                checkpoint_every=c.checkpoint.every_steps, steps_per_call=c.steps_per_call,
-                               evaluate_every=c.evaluate.every_steps or c.checkpoint.every_steps)
+                               evaluate_every=c.evaluate.every_steps or c.checkpoint.every_steps,
+                               evaluate_at=loop.evaluation_steps(setup.total_steps, c.evaluate.log_points,
+                                                                 c.evaluate.final_points, c.log_every_steps))
         writers = dashboard.train_writers(setup.runs)
         log = loop.TrainLog(setup.runs, cadence, setup.diverged, writers=writers)
         hooks = loop.Hooks(save=setup.save, evaluate=lambda step, state: evaluate(step, state.params),
