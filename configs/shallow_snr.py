@@ -1,4 +1,4 @@
-"""Shallow ReLU networks on Gaussian mixtures: when is the regularised optimum collapsed? (science.md §3)
+"""Shallow ReLU networks on Gaussian mixtures: when is the regularised optimum collapsed? (docs/paper.md#shallow-networks-and-snr-hong--ling)
 
 Hong & Ling (arXiv 2409.01832) study 2- and 3-layer ReLU networks trained with weight decay
 on general data: whether the optimum is neurally collapsed depends on the data's dimension,

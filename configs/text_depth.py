@@ -8,11 +8,11 @@ Presets (comma-separated after ':'): a data set (``imdb``: TFDS ``imdb_reviews``
 UTF-8 bytes truncated/padded to ``data.max_len``; ``synthetic``: sequences whose label
 is the most frequent of K cue tokens, decided by the whole context), a size
 (``default``, ``quick``, ``paper`` = depths 2…34, 5 seeds, 5,000 epochs, learning rate
-0.001 as science.md §2 reports; the optimiser, Adam, and the batch size, 128, are ncjax's
+0.001 as docs/paper.md#reported-settings reports; the optimiser, Adam, and the batch size, 128, are ncjax's
 choices: the paper reports neither) and a LayerNorm (``free_ln``, the default: the theory's
 parameter-free LayerNorm, features of radius √width; ``nonpaper_affine_ln``: a learnable,
 L2-penalised scale and shift). The blocks are pre-LN, ``h ← h + Attn(LN(h)); h ← h + MLP(LN(h))``
-with a final LayerNorm before the head: the paper's text models (science.md §2).
+with a final LayerNorm before the head: the paper's text models (docs/paper.md#architectures).
 IMDB must be prepared first on a machine with network:
 ``tfds build imdb_reviews --data_dir=DIR --file_format=array_record``.
 """
@@ -49,4 +49,7 @@ def get_config(arg=None):
         # (benchmarks/cpu_transformer_step.py); compile time then grows with depth.
         c.model.scan = False
     config.apply_size(c, p["size"])
+    if p["size"] == "quick":
+        c.data.n_per_class = 100  # two classes: 200 sequences, as many as the other quick presets' images
+        c.depths = (2, 3, 4)  # a one-block transformer does not fit them in 60 steps
     return c

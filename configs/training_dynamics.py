@@ -1,4 +1,4 @@
-"""Collapse against the training loss and the gradient norm during training (science.md §3).
+"""Collapse against the training loss and the gradient norm during training (docs/paper.md#collapse-against-loss-and-gradient-norm-wu--mondelli).
 
 Wu & Mondelli (arXiv 2501.19104) analyse a three-layer network (two layers in the mean-field
 regime, then a linear layer) trained with MSE: points of small empirical loss and small

@@ -1,4 +1,4 @@
-"""L-T11 / L-T12 vision transformers: collapse against depth (science.md §2).
+"""L-T11 / L-T12 vision transformers: collapse against depth (docs/paper.md#reported-settings).
 
     python -m ncjax.main --config=configs/vit_depth.py            # ~10 min on 2 CPU cores
     python -m ncjax.main --config=configs/vit_depth.py:quick      # ≤ 2 min: tests, Colab
@@ -7,7 +7,7 @@
 The argument after ':' is a comma-separated list of presets, one word per group:
 
 - size: ``default``, ``quick`` or ``paper`` (the depths 2…34, 5 seeds, 5,000 epochs, λ and
-  learning rate that science.md §2 reports; the optimiser, Adam, and the batch size, 128,
+  learning rate that docs/paper.md#reported-settings lists; the optimiser, Adam, and the batch size, 128,
   are ncjax's choices: the paper reports neither).
 - arch: ``t11`` or ``t12`` (L-T12 uses λ/L as the paper does for two-layer blocks).
 - data: ``mnist`` (the embedded 5,000-image subset; TFDS MNIST with ``paper``), ``cifar``
@@ -15,7 +15,7 @@ The argument after ':' is a comma-separated list of presets, one word per group:
   ncjax's choice), ``fashion`` (full Fashion-MNIST as IDX files: Debian/Ubuntu
   ``apt-get install dataset-fashion-mnist``).
 - norm: ``post_ln`` (default): ``h ← LN(h + Attn(h)); h ← LN(h + MLP(h))``, the vision
-  transformers' most likely reading (an inference, science.md §2); ``nonpaper_pre_ln``:
+  transformers' most likely reading (an inference, docs/paper.md#architectures); ``nonpaper_pre_ln``:
   pre-LN blocks plus a final LayerNorm, ncjax's earlier default, which departs from the
   paper's vision models (pre-LN is its text models' placement).
 - ln: ``free_ln`` (default): parameter-free LayerNorm, as in the theory (features of radius

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import signal
 import sys
 from typing import Callable
 
@@ -73,10 +74,16 @@ def _run(argv: list[str]) -> None:
     if flags.FLAGS.config is None:
         sys.exit(errors.fail("--config is required, e.g. --config=configs/vit_depth.py (--help lists them)"))
     logging.set_verbosity(logging.ERROR)  # TFDS/Orbax chatter would bury the one-line errors
+    # Until the loop's own handler takes over (it saves at the next block), a SIGTERM ends the command with
+    # a line saying so (nothing of a step in progress is lost: a rerun resumes from the last checkpoint).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(errors.fail(
+        "terminated (SIGTERM) outside a training block; rerun the same command to resume", status=143)))
     config = flags.FLAGS.config
     workdir = flags.FLAGS.workdir or f"runs/{config.name}"
 
     def job():
+        import jax
+
         from ncjax import lock, parallel
 
         name, kind = kind_of(config)
@@ -86,7 +93,8 @@ def _run(argv: list[str]) -> None:
             _function(kind.run)(config, workdir)
         if name == "depth_sweep":
             _report(workdir)
-        print(f"done: results in {workdir}", file=sys.stderr)
+        if jax.process_index() == 0:  # one report per run, not one per host
+            print(f"done: results in {workdir}", file=sys.stderr)
 
     sys.exit(cli.run_guarded(job))
 

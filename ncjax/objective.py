@@ -3,7 +3,7 @@
 Kept apart from the train loop so that the train step, the benchmarks and the
 unconstrained-features model all minimise the very same function.
 
-L2 conventions (science.md §2 cannot read the paper's; each is a config value, the
+L2 conventions (docs/paper.md#what-is-not-known cannot read the paper's; each is a config value, the
 defaults are *unverified*):
 
 - the form, :data:`L2_FORMS`: ``'full'`` adds ``λ‖θ‖²`` to the data loss (default),

@@ -143,9 +143,19 @@ def read_train_log(run: Path | str) -> list[dict[str, Any]]:
 def append_train_log(run: Path | str, records: Iterable[dict[str, Any]]) -> None:
     """Append lines to train_log.jsonl (a kill may tear the last one: readers skip it)."""
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-    if is_writer() and lines:
-        with (Path(run) / TRAIN_LOG).open("a") as f:
+    if not (is_writer() and lines):
+        return
+    path = Path(run) / TRAIN_LOG
+    if is_object_store(path):  # gs:// and friends cannot append: the file is replaced whole
+        atomic_write(path, (path.read_text() if path.exists() else "") + lines)
+    else:
+        with path.open("a") as f:
             f.write(lines)
+
+
+def is_object_store(path: Path | str) -> bool:
+    """Whether ``path`` lives on an object store (``gs://``, ``s3://``, ...), which cannot append."""
+    return "://" in str(path)
 
 
 def truncate(run: Path | str, step: int) -> None:

@@ -7,7 +7,8 @@ stack sliced to its blocks), its verified parameters, and its data.
     run = ncjax.load_run("runs/vit_depth", depth=8, seed=1)          # latest checkpoint
     features = run.features(run.data.train_x)                         # [N, d]: what enters the classifier
     blocks = run.features(x, blocks=True)                             # [L, N, d]: every block's output
-    scores = ncjax.collapse.measure(features, run.data.train_y, run.data.num_classes, *run.classifier())
+    W, b = run.classifier()
+    scores = ncjax.collapse.measure(features, run.data.train_y, run.data.num_classes, weight=W, bias=b)
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def load_run(workdir: Path | str, depth: int, seed: int, step: int | None = None
     own = run.config(stored)
     dataset = data.load(own.data, seed=0)
     own = groups.resolve(own, dataset)
-    found, params = checkpoints.find_run(workdir, depth, seed, step, **dict(run.values))
+    others = {key: value for key, value in run.values.items() if key != plan.DEPTH}
+    found, params = checkpoints.find_run(workdir, depth, seed, step, **others)
     if models.BLOCKS in params:  # a packed group's stack holds its deepest member's blocks
         params = dict(params, **{models.BLOCKS: jax.tree.map(lambda a: a[:depth], params[models.BLOCKS])})
     return TrainedRun(config=own, module=models.build(own.model), params=params, data=dataset, step=found)

@@ -40,6 +40,7 @@ def test_shallow_snr_records_collapse_and_test_accuracy_per_point(shallow_snr):
     slopes = list(csv.DictReader((workdir / "slopes.csv").open()))
     assert {s["metric"] for s in slopes} >= {"nc1_quotient", "nc2_etf_w"}
     assert (workdir / "nc_vs_snr-depth_001.png").exists()
+    shows_a_result(workdir, rows)
 
 
 def test_snrs_train_in_one_program_as_they_train_apart(shallow_snr, tmp_path):
@@ -111,13 +112,32 @@ def test_a_workdir_grouped_differently_is_refused_untouched(shallow_snr, tmp_pat
     assert metrics.read_bytes() == before
 
 
+def shows_a_result(workdir, rows, slopes=True):
+    """What a quick preset promises (issue 22): every run passes the failed-run rule, and the paper's NC1
+    has a slope with a finite spread over seeds in every panel."""
+    assert [r["status"] for r in rows] == ["ok"] * len(rows), [(r["status"], r["reason"]) for r in rows]
+    if slopes:
+        table = [r for r in csv.DictReader((workdir / "slopes.csv").open()) if r["metric"] == "nc1_quotient"]
+        spreads = [float(r["slope"]) for r in table if r["seed"] == "std"]
+        assert spreads and all(np.isfinite(spreads)), table
+
+
 def test_linear_head_sweeps_the_head_depth(tmp_path):
     workdir, rows = _run("linear_head", tmp_path)
-    assert sorted(int(r["model.head_depth"]) for r in rows) == [0, 2]
+    assert sorted(int(r["model.head_depth"]) for r in rows) == [1, 1, 2, 2, 4, 4]
     config = json.loads((workdir / "config.json").read_text())
     assert config["summary"]["slope_axis"] == "model.head_depth"
-    line = records.read_metrics(workdir / "depth_003-head_depth_2-loss_mse-l2_0.001" / "seed_0")[-1]
-    assert line["model.head_depth"] == 2 and line["train.loss"] == "mse"
+    line = records.read_metrics(workdir / "depth_003-head_depth_2-loss_ce-l2_0.001" / "seed_0")[-1]
+    assert line["model.head_depth"] == 2 and line["train.loss"] == "ce"
+    assert len(line["balancedness_per_layer"]) == 2
+    shows_a_result(workdir, rows)
+
+
+@pytest.mark.parametrize("name, preset", [("vit_depth", "quick"), ("text_depth", "synthetic,quick")])
+def test_the_quick_presets_show_a_result(tmp_path, name, preset):
+    config = importlib.import_module(f"ncjax.configs.{name}").get_config(preset)
+    config.progress = False
+    shows_a_result(*_run_config(config, tmp_path / name))
 
 
 def test_training_dynamics_records_loss_and_gradient_norm_often(tmp_path):
@@ -127,6 +147,7 @@ def test_training_dynamics_records_loss_and_gradient_norm_often(tmp_path):
     assert all(line["gradient_norm"] > 0 and line["train_loss"] > 0 for line in lines)
     assert lines[-1]["train_loss"] < lines[0]["train_loss"]
     assert (workdir / "collapse_vs_loss.png").exists()
+    shows_a_result(workdir, list(csv.DictReader((workdir / "summary.csv").open())), slopes=False)  # one depth
 
 
 def test_a_config_stored_by_an_older_ncjax_gets_todays_defaults_for_new_keys():

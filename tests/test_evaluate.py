@@ -95,6 +95,12 @@ def test_lines_equal_direct_computations(setup):
         per_block = [sum(np.sum(np.asarray(leaf[l], np.float64) ** 2) for leaf in blocks_params) for l in range(DEPTH)]
         np.testing.assert_allclose(line["block_l2_per_block"], per_block, rtol=1e-5)
         assert line["blocks_l2"] == pytest.approx(sum(per_block), rel=1e-5)
+        w = np.asarray(weight, np.float64)
+        norms = np.array([np.linalg.norm(row) for row in w])
+        cos = [w[a] @ w[b] / (norms[a] * norms[b]) for a in range(K) for b in range(K) if a != b]
+        assert line["w_norm_spread"] == pytest.approx(norms.std() / norms.mean(), rel=1e-5)
+        assert line["w_angle_spread"] == pytest.approx(np.std(cos), rel=1e-5)
+        assert line["w_row_mean"] == pytest.approx(np.linalg.norm(w.sum(0)) / np.linalg.norm(w), rel=1e-5)
         assert line["ufm_gap_full_relative"] == pytest.approx(
             (line["objective"] - line["ufm_optimum"]) / line["ufm_optimum"], rel=1e-6)
 

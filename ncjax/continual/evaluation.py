@@ -11,7 +11,7 @@ line per member after task ``t``:
   sample compete over; earlier rows of the accuracy matrix come from the member's
   earlier lines;
 - the collapse metrics of every class seen so far (``nc1``, ``nc2_etf``, ``nc3``, ... of
-  ``science.md`` §4) on the training data of the seen tasks, against the current
+  docs/paper.md#metric-definitions) on the training data of the seen tasks, against the current
   targets (methods with targets) or the head's rows (fine-tuning), see
   :func:`ncjax.continual.metrics.seen_class_collapse`. They are measured on the
   normalised features ``ĥ = h/‖h‖``, the space in which ProNC aligns, fits and

@@ -14,7 +14,7 @@ NaN. From it, after task ``t``:
   after the first task.
 
 The collapse metrics of all classes seen so far (``nc1``, ``nc2_etf``, ``nc3`` and the
-rest of ``science.md`` §4) come from :func:`ncjax.collapse.measure`, with the current
+rest of docs/paper.md#metric-definitions) come from :func:`ncjax.collapse.measure`, with the current
 targets as the classifier rows (centred over the seen classes, see
 :func:`seen_class_collapse`): the grown ETF for ProNC, the fixed ETF's first rows for
 that baseline, the linear head's rows for fine-tuning.

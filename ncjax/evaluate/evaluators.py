@@ -310,6 +310,26 @@ class AgainstUFM(Evaluator):
         return out
 
 
+class ClassifierGeometry(Evaluator):
+    """The classifier's own geometry, to read ``nc2_etf_w`` by: ``w_norm_spread`` (std / mean of the row
+    norms ‖w_c‖), ``w_angle_spread`` (std of the pairwise cosines of the rows, c ≠ c') and
+    ``w_row_mean`` (‖1ᵀW‖ / ‖W‖_F: 0 when the rows sum to zero, as a simplex ETF's do). All 0 for a
+    simplex-ETF classifier; the rows are taken as they are (uncentred), as ``nc2_etf_w`` takes them."""
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def __call__(self, params, inputs: Results) -> Results:
+        weight, _ = self.model.classifiers(params)
+        weight = np.asarray(weight, np.float64)  # [M, K, d]
+        norms = collapse.class_mean_norms(weight, centre=0)  # [M, K]
+        cosines = collapse.pairwise_cosines(weight, centre=0)  # [M, K, K]
+        k = weight.shape[1]
+        off = cosines[:, ~np.eye(k, dtype=bool)]  # [M, K(K−1)]
+        return dict(w_norm_spread=norms.std(-1) / norms.mean(-1), w_angle_spread=off.std(-1),
+                    w_row_mean=np.linalg.norm(weight.sum(1), axis=-1) / np.linalg.norm(weight, axis=(1, 2)))
+
+
 class Balancedness(Evaluator):
     """``balancedness_per_layer``: ‖W_{l+1}ᵀW_{l+1} − W_l W_lᵀ‖_F / ‖W_l W_lᵀ‖_F for every consecutive pair
     of the linear layers that end the network (the ``head_depth`` linear head, then the classifier),

@@ -21,9 +21,10 @@ from ncjax.evaluate import evaluators as plugins
 from ncjax.evaluate.passes import Split
 
 CLASSES = {"train_set": plugins.TrainSet, "test_set": plugins.TestSet, "penalty": plugins.Penalty,
-           "ufm": plugins.AgainstUFM, "balancedness": plugins.Balancedness, "gradient_norm": plugins.GradientNorm}
+           "ufm": plugins.AgainstUFM, "classifier": plugins.ClassifierGeometry, "balancedness": plugins.Balancedness,
+           "gradient_norm": plugins.GradientNorm}
 EVALUATORS = tuple(CLASSES)
-DEFAULT = ("train_set", "test_set", "penalty", "ufm", "balancedness")
+DEFAULT = ("train_set", "test_set", "penalty", "ufm", "classifier", "balancedness")
 
 
 class GroupEvaluator:
@@ -75,6 +76,7 @@ def build(module: nn.Module, dataset: data.Dataset, config: ml_collections.Confi
             model, Split(dataset.test_x, dataset.test_y, mesh, batch, resident), t, dataset.num_classes),
         "penalty": lambda: plugins.Penalty(model, t, l2s),
         "ufm": lambda: plugins.AgainstUFM(model, t, l2s, layernorm=_features_are_layernorm_outputs(config.model)),
+        "classifier": lambda: plugins.ClassifierGeometry(model),
         "balancedness": lambda: plugins.Balancedness(config.model.head_depth) if config.model.head_depth else None,
         "gradient_norm": lambda: plugins.GradientNorm(model, train_split, t, l2s),
     }

@@ -28,7 +28,7 @@ REMAT_POLICIES = ("nothing_saveable", "dots_saveable", "dots_with_no_batch_dims_
 
 def default_config() -> ml_collections.ConfigDict:
     """Every model field, its default chosen by fidelity to the paper (width 64, L-RN1 with a
-    parameter-free LayerNorm after every block: the most likely reading of science.md §2)."""
+    parameter-free LayerNorm after every block: the most likely reading of docs/paper.md#architectures)."""
     c = ml_collections.ConfigDict()
     c.name = "rn1"  # rn1 | rn2 (L-RN1/L-RN2) | t11 | t12 (L-T11/L-T12) | mlp (plain ReLU network, mlp.py)
     c.depth = 8  # number of residual / transformer blocks L (mlp: hidden layers)

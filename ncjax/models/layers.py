@@ -14,7 +14,7 @@ with ``ε = 1e-6``: zero mean and Euclidean norm ``√d · sqrt(var / (var + ε)
 the features a block or the head hands on lie on the sphere of radius √d inside
 ``1^⊥``. The unconstrained-features model of ``ncjax.ufm`` uses the same radius √d
 for its ``layernorm`` features (a radius r with λ is the same problem as radius 1
-with λ/r², science.md §2), so a trained net and its UFM are compared on one scale.
+with λ/r², docs/paper.md#architectures), so a trained net and its UFM are compared on one scale.
 """
 
 from __future__ import annotations

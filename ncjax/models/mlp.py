@@ -1,5 +1,5 @@
 """Plain ReLU networks: the shallow nets of Hong & Ling (arXiv 2409.01832) and the MLP feature
-maps of Jacot et al. (arXiv 2410.04887), science.md §3.
+maps of Jacot et al. (arXiv 2410.04887), docs/paper.md#deep-linear-heads-jacot-et-al.
 
 ``depth`` hidden layers ``h ← σ(W h + b)`` of ``width`` units (no residual, no LayerNorm:
 a "2-layer network" is depth 1, a "3-layer network" depth 2), then the head: ``head_depth``

@@ -1,9 +1,9 @@
-"""L-RN1 and L-RN2 (science.md §2): a linear embedding to width d, L residual blocks with
+"""L-RN1 and L-RN2 (docs/paper.md#architectures): a linear embedding to width d, L residual blocks with
 one (``σ(W h + b)``) or two (``W2 σ(W1 h + b1)``) linear layers in the branch, then the head.
 Images are flattened, so the model takes any vector data.
 
 LayerNorm placement (``norm``): 'post' (the paper's most likely reading, an inference:
-science.md §2) normalises after every residual add, ``h ← LN(h + σ(W h + b))``, and the
+docs/paper.md#architectures) normalises after every residual add, ``h ← LN(h + σ(W h + b))``, and the
 head adds none, so the classifier sees LayerNorm outputs; 'pre' normalises each branch's
 input, ``h ← h + σ(W LN(h) + b)``, plus one LayerNorm before the head; 'final' leaves the
 blocks bare, ``h ← h + σ(W h + b)``, with one LayerNorm before the head (departs from the

@@ -1,10 +1,10 @@
-"""L-T11 and L-T12 (science.md §2): transformer blocks of multi-head self-attention plus a
+"""L-T11 and L-T12 (docs/paper.md#architectures): transformer blocks of multi-head self-attention plus a
 one-layer (``σ(W h + b)``) or two-layer MLP, on image patches or on token sequences, pooled
 by a CLS token or a mean.
 
 LayerNorm placement (``norm``): 'post' normalises after each residual add,
 ``h ← LN(h + Attn(h)); h ← LN(h + MLP(h))``, with no LayerNorm before the head (the
-vision transformers' most likely reading, an inference: science.md §2); 'pre' normalises
+vision transformers' most likely reading, an inference: docs/paper.md#architectures); 'pre' normalises
 each branch's input, ``h ← h + Attn(LN(h)); h ← h + MLP(LN(h))``, plus one LayerNorm
 before the head (the paper's text models).
 """
