@@ -49,9 +49,12 @@ def _write_line(writer, line: dict[str, Any]) -> None:
                     writer.add_scalar(f"blocks/{key[:-len('_per_block')]}/block_{block:03d}", v, step)
 
 
-def _hparams(hparams: dict[str, Any]) -> dict[str, Any]:
-    return {key: (value if isinstance(value, (int, float, str, bool)) else str(value))
-            for key, value in hparams.items()}
+def _add_hparams(writer, hparams: dict[str, Any], line: dict[str, Any]) -> None:
+    """The run's values and its final paper metrics, as one row of TensorBoard's HParams table."""
+    values = {key: (value if isinstance(value, (int, float, str, bool)) else str(value))
+              for key, value in hparams.items()}
+    final = {f"final/{k}": v for k, v in line.items() if k in _HPARAM_METRICS and _scalar(v)}
+    writer.add_hparams(values, final, name="hparams", global_step=line["step"])
 
 
 class Evaluations:
@@ -66,15 +69,15 @@ class Evaluations:
             self._writers = [_writer(run / FOLDER / "eval") for run in self.runs]
         return self._writers
 
-    def add(self, lines: Sequence[dict[str, Any]]) -> None:
-        """One new metrics line per run (training)."""
+    def add(self, lines: Sequence[dict[str, Any]], last: bool = False) -> None:
+        """One new metrics line per run (training); ``last``: the run's final evaluation, which the HParams
+        table shows beside the run's values."""
         if not records.is_writer():
             return
         for writer, line, hparams in zip(self._open(), lines, self.hparams):
             _write_line(writer, line)
-            final = {f"final/{k}": v for k, v in line.items() if k in _HPARAM_METRICS and _scalar(v)}
-            if final:
-                writer.add_hparams(_hparams(hparams), final, name="hparams", global_step=line["step"])
+            if last:
+                _add_hparams(writer, hparams, line)
 
     def rewrite(self) -> None:
         """Every run's eval dashboard anew from its metrics.jsonl (re-evaluation)."""
@@ -90,10 +93,7 @@ class Evaluations:
             for line in lines:
                 _write_line(writer, line)
             if lines:
-                last = lines[-1]
-                writer.add_hparams(_hparams(hparams), {f"final/{k}": v for k, v in last.items()
-                                                       if k in _HPARAM_METRICS and _scalar(v)},
-                                   name="hparams", global_step=last["step"])
+                _add_hparams(writer, hparams, lines[-1])
         self.close()
 
     def close(self) -> None:

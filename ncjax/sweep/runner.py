@@ -38,7 +38,7 @@ def _train_group(setup: groups.GroupSetup, stop: loop.StopFlag) -> None:
         lines = setup.measure(step, params)
         for run, line in zip(setup.runs, lines):
             records.write_metrics(run, [line])
-        evaluations.add(lines)
+        evaluations.add(lines, last=step == setup.total_steps)
 
     try:
         _measure_missing(setup, start, state, evaluate)
