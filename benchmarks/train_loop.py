@@ -112,7 +112,7 @@ def run_case(name: str, repeats: int, bare_steps: int) -> None:
     config = case_config(name)
     ncjax_config.validate(config)
     dataset = data.load(config.data, seed=0)
-    config = groups.resolve(config, dataset)
+    config = ncjax_config.resolve(config, dataset)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     feed = data.feed.choose(config.data.placement, dataset, config.train.batch_size, mesh)
     loops, loops_without_evaluation, bares = [], [], []

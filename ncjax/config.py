@@ -201,6 +201,20 @@ def fit_model_to_data(model: ml_collections.ConfigDict, dataset: data.Dataset,
         model.input = "vector" if dataset.kind == "vector" else "image"
 
 
+def resolve(config: ml_collections.ConfigDict, dataset: data.Dataset,
+            num_classes: int | None = None) -> ml_collections.ConfigDict:
+    """A copy of a validated config with what the data decides filled in (:func:`fit_model_to_data`), its
+    model checked again (the data may make it invalid: a vocabulary, a patch size). Every runner's one
+    resolution step; the whole config is not validated again."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    fit_model_to_data(config.model, dataset, num_classes)
+    try:
+        models.validate(config.model)
+    except ValueError as error:
+        _fail(str(error))
+    return config
+
+
 def parse_presets(arg: str | None, groups: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """Split a config argument like ``'quick,t12,pre'`` into one word per group.
 

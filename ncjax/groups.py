@@ -23,17 +23,6 @@ from ncjax.data import feed as feeds
 from ncjax.errors import ConfigError, WorkdirError
 
 
-def resolve(config: ml_collections.ConfigDict, dataset: data.Dataset) -> ml_collections.ConfigDict:
-    """A copy of a validated config with what the data decides filled in (classes, input kind, vocabulary)."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    configs.fit_model_to_data(config.model, dataset)
-    try:
-        models.validate(config.model)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    return config
-
-
 def member_hyper(group: plan.Group, base: ml_collections.ConfigDict) -> train.Hyper:
     """Each member's seed, λ (after the depth schedule), learning rate, depth and data value."""
     members = [r.config(base) for r in group.runs]
@@ -161,14 +150,14 @@ class SweepGroups:
     """A config's groups, each set up on demand with its resolved config and data set.
 
     The config is validated once here; each group's config is the base with its shared
-    values and its data's decisions (:func:`resolve`), never validated whole again.
+    values and its data's decisions (``config.resolve``), never validated whole again.
     """
 
     def __init__(self, config: ml_collections.ConfigDict, mesh):
         configs.validate(config)
         self.mesh = mesh
         self._datasets: dict[str, data.Dataset] = {}
-        self.config = resolve(config, self.dataset(config.data))
+        self.config = configs.resolve(config, self.dataset(config.data))
         self.groups = plan.groups(self.config)
         self._feed: tuple[str, feeds.Feed] | None = None
 
@@ -188,7 +177,7 @@ class SweepGroups:
     def prepare(self, group: plan.Group) -> tuple[ml_collections.ConfigDict, data.Dataset]:
         """The group's config, resolved against its data set, and the data set."""
         dataset = self.dataset(group.config(self.config).data, self._values(group))
-        return resolve(group.config(self.config), dataset), dataset
+        return configs.resolve(group.config(self.config), dataset), dataset
 
     def preflight(self) -> None:
         checked = set()

@@ -126,7 +126,7 @@ def _workdir_command(action: str) -> Callable[[list[str]], None]:
             if name == "depth_sweep":
                 _report(workdir)
 
-        sys.exit(cli.run_guarded(job) if action == "reevaluate" else errors.run_guarded(job))
+        sys.exit(cli.run_guarded(job))
 
     return command
 

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from etils.epath import Path
 
-from ncjax import checkpoints, config as configs, data, groups, models, plan, records
+from ncjax import checkpoints, config as configs, data, models, plan, records
 from ncjax.errors import WorkdirError
 
 
@@ -74,7 +74,7 @@ def load_run(workdir: Path | str, depth: int, seed: int, step: int | None = None
                            + (f", {point}" if point else "") + f" (its runs: {axes}; seeds {tuple(stored.seeds)})")
     own = run.config(stored)
     dataset = data.load(own.data, seed=0)
-    own = groups.resolve(own, dataset)
+    own = configs.resolve(own, dataset)
     others = {key: value for key, value in run.values.items() if key != plan.DEPTH}
     found, params = checkpoints.find_run(workdir, depth, seed, step, **others)
     if models.BLOCKS in params:  # a packed group's stack holds its deepest member's blocks

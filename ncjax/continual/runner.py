@@ -327,17 +327,6 @@ class PointRun:
 _copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))  # a teacher that the next donation cannot touch
 
 
-def resolve(config: ml_collections.ConfigDict, dataset: data.Dataset, split: TaskSplit) -> ml_collections.ConfigDict:
-    """The config with what the data decides filled in (classes of the split, input kind)."""
-    config = ml_collections.ConfigDict(config.to_dict())
-    configs.fit_model_to_data(config.model, dataset, num_classes=split.num_classes)
-    try:
-        models.validate(config.model)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    return config
-
-
 def preflight(config: ml_collections.ConfigDict, split: TaskSplit, mesh) -> None:
     """Fail on what only the data and the devices reveal, before anything is written."""
     t = config.train
@@ -366,7 +355,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     dataset = data.load(config.data, seed=0)
     splits = {s: split_of(config, dataset, s) for s in config.continual.scenarios}
-    config = resolve(config, dataset, next(iter(splits.values())))
+    config = configs.resolve(config, dataset, num_classes=next(iter(splits.values())).num_classes)
     for split in splits.values():
         preflight(config, split, mesh)
     records.claim_workdir(workdir, config.to_dict())  # only a config that can run claims a workdir
