@@ -125,13 +125,19 @@ def make_optimizer(c: ml_collections.ConfigDict, total_steps: int, learning_rate
     the config's. With ``train.l2_form='decoupled'`` the optimiser decays the penalised parameters itself
     (Adam: AdamW, θ ← θ − η(update + λθ); SGD: the decay added to the gradient)."""
     peak = c.learning_rate if learning_rate is None else learning_rate
+    # The schedule's shape with a unit peak, scaled by the (possibly traced, vmapped) peak: optax's own
+    # schedules test their peak in Python, which a traced learning rate cannot answer.
     if c.schedule == "constant":
-        lr = optax.constant_schedule(peak)
+        shape = optax.constant_schedule(1.0)
     elif c.schedule == "cosine":
-        lr = optax.cosine_decay_schedule(peak, max(total_steps, 1))
+        shape = optax.cosine_decay_schedule(1.0, max(total_steps, 1))
     else:
-        lr = optax.warmup_cosine_decay_schedule(0.0, peak, min(c.warmup_steps, max(total_steps - 1, 0)),
-                                                max(total_steps, 1))
+        shape = optax.warmup_cosine_decay_schedule(0.0, 1.0, min(c.warmup_steps, max(total_steps - 1, 0)),
+                                                   max(total_steps, 1))
+
+    def lr(count):
+        return peak * shape(count)
+
     decay = c.l2 if l2 is None else l2
     mask = functools.partial(objective.penalised, which=c.l2_params, exclude=tuple(c.l2_exclude))
     decoupled = c.l2_form == "decoupled"

@@ -177,3 +177,36 @@ def test_l2_conventions_in_the_step(form, params):
     got = jax.tree.map(lambda a: np.asarray(a[0]), jax.device_get(state.params))
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def _schedule_reference(schedule, peak, step, total, warmup):
+    """The learning rate at ``step`` in float64, from the schedules' closed forms."""
+    if schedule == "constant":
+        return peak
+    if schedule == "cosine":
+        return peak * 0.5 * (1 + np.cos(np.pi * min(step, total) / total))
+    if step < warmup:
+        return peak * step / warmup
+    return peak * 0.5 * (1 + np.cos(np.pi * min(step - warmup, total - warmup) / (total - warmup)))
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "warmup_cosine"])
+def test_every_schedule_takes_a_vmapped_learning_rate(schedule):
+    """Members train with their own (traced) learning rate under every schedule: SGD's first step on
+    f(θ) = θ after ``step`` updates moves θ by −η(step), the schedule's closed form."""
+    c = config.base_config().train
+    c.update(optimizer="sgd", momentum=0.0, schedule=schedule, warmup_steps=4)
+    total, peaks = 20, np.array([0.1, 0.03], np.float32)
+
+    def lr_at(peak, step):
+        opt = train.make_optimizer(c, total, learning_rate=peak)
+        state = opt.init(jnp.zeros(()))
+        state = jax.tree.map(lambda leaf: jnp.asarray(step, leaf.dtype) if leaf.dtype == jnp.int32 else leaf,
+                             state)
+        updates, _ = opt.update(jnp.ones(()), state)
+        return -updates
+
+    for step in (0, 2, 4, 11, 19):
+        got = jax.jit(jax.vmap(lr_at, in_axes=(0, None)))(peaks, step)
+        want = [_schedule_reference(schedule, float(p), step, total, 4) for p in peaks]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
