@@ -64,4 +64,5 @@ def get_config(arg=None):
         c.depths = (8, 34) if p["size"] != "quick" else (1, 4)
         divisors = (2, 8, 34) if p["size"] == "quick" else config.PAPER_DEPTHS
         c.sweep = (("train.l2", tuple(round(c.train.l2 / depth, 8) for depth in divisors)),)
+        c.summary.slope_axis = "train.l2"  # collapse against λ, one line per depth: does NC2 on W follow λ?
     return c

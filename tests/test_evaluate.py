@@ -101,6 +101,10 @@ def test_lines_equal_direct_computations(setup):
         assert line["w_norm_spread"] == pytest.approx(norms.std() / norms.mean(), rel=1e-5)
         assert line["w_angle_spread"] == pytest.approx(np.std(cos), rel=1e-5)
         assert line["w_row_mean"] == pytest.approx(np.linalg.norm(w.sum(0)) / np.linalg.norm(w), rel=1e-5)
+        centred = w - w.mean(0)
+        gram = centred @ centred.T
+        etf = (np.eye(K) - np.ones((K, K)) / K) / np.sqrt(K - 1)
+        assert line["nc2_etf_w_centred"] == pytest.approx(np.linalg.norm(gram / np.linalg.norm(gram) - etf), rel=1e-5)
         assert line["ufm_gap_full_relative"] == pytest.approx(
             (line["objective"] - line["ufm_optimum"]) / line["ufm_optimum"], rel=1e-6)
 

@@ -313,8 +313,11 @@ class AgainstUFM(Evaluator):
 class ClassifierGeometry(Evaluator):
     """The classifier's own geometry, to read ``nc2_etf_w`` by: ``w_norm_spread`` (std / mean of the row
     norms ‖w_c‖), ``w_angle_spread`` (std of the pairwise cosines of the rows, c ≠ c') and
-    ``w_row_mean`` (‖1ᵀW‖ / ‖W‖_F: 0 when the rows sum to zero, as a simplex ETF's do). All 0 for a
-    simplex-ETF classifier; the rows are taken as they are (uncentred), as ``nc2_etf_w`` takes them."""
+    ``w_row_mean`` (‖1ᵀW‖ / ‖W‖_F: 0 when the rows sum to zero, as a simplex ETF's do), all taken on the
+    rows as they are (uncentred), as ``nc2_etf_w`` takes them, and ``nc2_etf_w_centred``: ``nc2_etf_w`` of
+    the rows less their mean. Cross-entropy cannot see a common row (it adds the same logit to every class),
+    so only λ shrinks it; the centred form is the part of NC2 on W that the data loss shapes. All 0 for a
+    simplex-ETF classifier."""
 
     def __init__(self, model: Model):
         self.model = model
@@ -327,7 +330,8 @@ class ClassifierGeometry(Evaluator):
         k = weight.shape[1]
         off = cosines[:, ~np.eye(k, dtype=bool)]  # [M, K(K−1)]
         return dict(w_norm_spread=norms.std(-1) / norms.mean(-1), w_angle_spread=off.std(-1),
-                    w_row_mean=np.linalg.norm(weight.sum(1), axis=-1) / np.linalg.norm(weight, axis=(1, 2)))
+                    w_row_mean=np.linalg.norm(weight.sum(1), axis=-1) / np.linalg.norm(weight, axis=(1, 2)),
+                    nc2_etf_w_centred=collapse.etf_error(weight))
 
 
 class Balancedness(Evaluator):

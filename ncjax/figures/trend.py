@@ -27,7 +27,8 @@ SHOWN = 4  # metrics per panel at most: the family's first (its paper form first
 # Panels and their order: each family's paper form first, its test-set twin beside it.
 FAMILIES = {
     "NC1": ("nc1_quotient", "test_nc1_quotient", "nc1", "cdnv"),
-    "NC2": ("nc2_etf_w", "nc2_etf", "nc2_ortho", "nc2_equinorm", "nc2_equiangle", "gnc2_log", "gnc2_dist"),
+    "NC2": ("nc2_etf_w", "nc2_etf_w_centred", "nc2_etf", "nc2_ortho", "nc2_equinorm", "nc2_equiangle",
+            "gnc2_log", "gnc2_dist"),
     "NC3": ("nc3_cos", "nc3"),
     "UNC3": ("unc3", "unc3_normalised"),
     "NC4": ("nc4", "test_nc4"),
