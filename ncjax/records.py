@@ -141,7 +141,8 @@ def read_train_log(run: Path | str) -> list[dict[str, Any]]:
 
 
 def append_train_log(run: Path | str, records: Iterable[dict[str, Any]]) -> None:
-    """Append lines to train_log.jsonl (a kill may tear the last one: readers skip it)."""
+    """Append lines to train_log.jsonl (a kill may tear the last one: readers skip it); on an object store,
+    which cannot append, the file is read and replaced whole (one upload)."""
     lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
     if not (is_writer() and lines):
         return
@@ -154,7 +155,8 @@ def append_train_log(run: Path | str, records: Iterable[dict[str, Any]]) -> None
 
 
 def is_object_store(path: Path | str) -> bool:
-    """Whether ``path`` lives on an object store (``gs://``, ``s3://``, ...), which cannot append."""
+    """Whether ``path`` lives on an object store (``gs://``, ``s3://``, ...): no append, no in-place rewrite,
+    no atomic rename; every file ncjax writes there is uploaded whole."""
     return "://" in str(path)
 
 
@@ -179,7 +181,13 @@ def _write_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
 
 
 def atomic_write(path: Path, content: str | bytes) -> None:
-    """Replace ``path`` by ``content`` in one rename: a reader or a kill sees the old file or the new one."""
+    """Replace ``path`` by ``content``: a reader or a kill sees the old file or the new one.
+
+    Locally: a temporary file, then one rename. On an object store: one upload (an object appears or is
+    replaced whole when its upload completes; a rename there is a copy and a delete, not atomic)."""
+    if is_object_store(path):
+        Path(path).write_bytes(content) if isinstance(content, bytes) else Path(path).write_text(content)
+        return
     tmp = Path(path).parent / (Path(path).name + ".tmp")
     try:
         tmp.write_bytes(content) if isinstance(content, bytes) else tmp.write_text(content)
