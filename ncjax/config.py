@@ -9,6 +9,7 @@ misspelt ``--config.train.lerning_rate`` is an error, not a new key.
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 
@@ -97,6 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
         min_train_accuracy=0.99,  # a run whose final training accuracy is lower fails (left out of the fits)
         slope_axis="depth",  # the numeric axis of the log-log fits; the other axes split them into panels
     ))
+    # Dashboards besides TensorBoard (runtime). wandb: one Weights & Biases run per ncjax run, the same scalars
+    # and HParams (pip install 'ncjax[wandb]'; WANDB_MODE=offline logs to disk only); entity None: W&B's default.
+    c.dashboard = ml_collections.ConfigDict(dict(wandb=False, wandb_project="ncjax",
+                                                 wandb_entity=config_dict.placeholder(str)))
     return c
 
 
@@ -154,6 +159,16 @@ def validate_runtime(c: ml_collections.ConfigDict, steps: str = "steps of every 
             _fail(f"{field}={c[field]!r} must be a positive integer")
 
 
+def validate_dashboard(d: ml_collections.ConfigDict) -> None:
+    if not isinstance(d.wandb, bool):
+        _fail(f"dashboard.wandb={d.wandb!r} must be True or False")
+    if not (isinstance(d.wandb_project, str) and d.wandb_project):
+        _fail(f"dashboard.wandb_project={d.wandb_project!r} must be a non-empty name")
+    if d.wandb and importlib.util.find_spec("wandb") is None:
+        _fail("dashboard.wandb=True needs Weights & Biases: pip install 'ncjax[wandb]' "
+              "(or --config.dashboard.wandb=False)")
+
+
 def _validate_values(c: ml_collections.ConfigDict) -> None:
     depths = tuple(c.depths) if isinstance(c.depths, (tuple, list)) else (c.depths,)
     if not depths or any(not isinstance(d, int) or isinstance(d, bool) or d < 1 for d in depths):
@@ -175,6 +190,7 @@ def _validate_values(c: ml_collections.ConfigDict) -> None:
             _fail(f"evaluate.{field}={value!r} must be an integer >= 0 (0: none)")
     if c.evaluate.every_steps is not None and not positive_int(c.evaluate.every_steps):
         _fail(f"evaluate.every_steps={c.evaluate.every_steps!r} must be a positive integer (or unset)")
+    validate_dashboard(c.dashboard)
     if not (isinstance(c.summary.min_train_accuracy, (int, float)) and 0 <= c.summary.min_train_accuracy <= 1):
         _fail(f"summary.min_train_accuracy={c.summary.min_train_accuracy!r} must be a number in [0, 1]")
     try:

@@ -137,6 +137,8 @@ class _Wandb:
             key = str(run) + "\n" + job_type
             if key not in cls._open:
                 cls._open[key] = cls(run, hparams or {}, settings, job_type)
+            elif hparams:  # opened first by the train writer, which does not know them
+                cls._open[key].run.config.update(_hparam_values(hparams), allow_val_change=True)
             handle = cls._open[key]
             handle.users += 1
             return handle

@@ -25,7 +25,7 @@ METRICS = "metrics.jsonl"
 TRAIN_LOG = "train_log.jsonl"
 # Config keys that change how a run is executed, never what it computes.
 RUNTIME_KEYS = ("name", "mesh", "eval_batch_size", "log_every_steps", "progress", "steps_per_call", "checkpoint",
-                "data.placement", "summary", "evaluate")
+                "data.placement", "summary", "evaluate", "dashboard")
 
 
 def is_writer() -> bool:
