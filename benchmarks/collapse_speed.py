@@ -1,24 +1,40 @@
-"""Streaming collapse metrics: ncjax against a float64 NumPy reference (and rhubarbwu/neural-collapse).
+"""Streaming collapse metrics: ncjax against the GEMM floor, a float64 reference and rhubarbwu/neural-collapse.
 
 Every implementation streams the same synthetic features (class means plus
 noise; per block, block-dependent gains) in batches and computes every metric
-it has, nc4 included (ncjax: two passes; the reference: two passes in float64,
-D×D pseudo-inverse, pairwise sums tiled; rhubarbwu: its four accumulators and
-measure functions, torch on the CPU). Each measurement runs in its own
-subprocess, so its peak memory (ru_maxrss minus the footprint before the first
-batch) is its own. Generating the synthetic batches costs time too: it is
-measured alone ("stream") and subtracted from every figure.
+it has, nc4 included:
+
+- ``readme``: ncjax as its README streams (``update`` per batch with the D×D
+  scatter, ``update_second`` per batch, ``metrics``), the comparison the goal is about;
+- ``ncjax``: ``collapse.measure_batches`` (the cheaper nc1 route, K×K when K ≤ D);
+- ``gemm``: the unavoidable arithmetic, ``Σ hᵀh`` over the batches (N·D²
+  multiply-adds, the within-class covariance's GEMM) as one XLA product per batch;
+  "GEMM fraction" is its time over an implementation's;
+- ``numpy``: the definitions in float64 (two passes, D×D pseudo-inverse, pairs
+  tiled), run once for the accuracy columns;
+- ``rhubarbwu`` / ``rhubarbwu1``: rhubarbwu/neural-collapse as its README drives
+  it (four accumulator passes, then its measures; torch on the CPU with its own
+  thread count, and with one thread).
+
+Each implementation runs in its own process (its peak memory, ru_maxrss over
+the footprint before the first call, is its own; its thread pools are its own),
+is called once to compile, then the parent runs ``repeats`` rounds that call
+every implementation once in a rotating order, so all see the same machine load;
+ratios are medians of per-round ratios. Generating the synthetic batches costs
+time too: it is measured alone ("stream") in every round and subtracted.
 
     python benchmarks/collapse_speed.py --cases=common --rhubarbwu=/path/to/neural-collapse
     python benchmarks/collapse_speed.py --cases=vocab,blocks34,blocks256
 
 Cases: ``common`` N=50,000 D=512 K=100; ``wide`` N=50,000 D=2,048 K=1,000;
 ``vocab`` N=200,000 D=1,024 K=16,384 (``vocab32k``: K=32,768, the accelerator size); ``blocks34`` L=34 D=64 N=5,000 K=10;
-``blocks256`` L=256 D=768 N=10,000 K=100. ``--rhubarbwu`` is a directory that
-holds rhubarbwu's ``neural_collapse`` package (never part of this repository);
-torch must be importable. Compare on a quiet machine: under CPU contention
-torch's threads spin and rhubarbwu slows down far more than ncjax (on the
-2-core CI machine: 0.46 s quiet, 6 to 21 s at a load average of 3 to 7).
+``blocks256`` L=256 D=768 N=10,000 K=100 (a case with one repeat is one call, compilation included).
+``--rhubarbwu`` is a directory that holds rhubarbwu's ``neural_collapse`` package
+(never part of this repository); torch must be importable (``PYTHONPATH`` may
+point at a ``pip install --target`` folder). Under CPU contention torch's
+threads spin and rhubarbwu slows down far more than ncjax (on the 2-core CI
+machine: 0.46 s quiet, 6 to 21 s at a load average of 3 to 7): hence the
+one-thread run beside it, and the load average printed with every case.
 """
 
 from __future__ import annotations
@@ -219,11 +235,49 @@ def _pairs(mt, var, rows=512):
 
 
 def ncjax_metrics(stream: Stream) -> dict:
+    """ncjax's one call for a stream: ``measure_batches`` (the cheaper nc1 route, K×K when K ≤ D)."""
     from ncjax import collapse
 
     values = collapse.measure_batches(stream, stream.k, weight=stream.weight, bias=stream.bias,
                                       make_ood_batches=stream.ood)
     return {name: (v if isinstance(v, list) else [v]) for name, v in values.items()}
+
+
+def readme_metrics(stream: Stream) -> dict:
+    """ncjax as its README streams: ``update`` per batch (the D×D scatter kept), ``update_second`` per
+    batch, the out-of-distribution mean by ``update``, then ``metrics`` (every metric, on the host)."""
+    from ncjax import collapse
+
+    stats = None
+    for h, y in stream():
+        stats = collapse.update(stats, h, y, stream.k)
+    second = None
+    for h, y in stream():
+        second = collapse.update_second(second, stats, h, y, weight=stream.weight, bias=stream.bias)
+    ood = collapse.empty_stats(1, stream.d, scatter=False)  # nc5 needs the mean alone (collapse's docstring)
+    for h in stream.ood():
+        ood = collapse.update(ood, h, np.zeros(h.shape[-2], np.int32))
+    values = collapse.as_json(collapse.metrics(stats, stream.weight, stream.bias, second=second, ood=ood))
+    return {name: (v if isinstance(v, list) else [v]) for name, v in values.items()}
+
+
+_GEMM = {}
+
+
+def gemm_floor(stream: Stream) -> dict:
+    """The unavoidable arithmetic: ``Σ_batches hᵀh`` (N·D² multiply-adds, the within-class covariance's
+    GEMM, as one full XLA product per batch), over the same stream."""
+    import jax
+    import jax.numpy as jnp
+
+    if "step" not in _GEMM:
+        _GEMM["step"] = jax.jit(lambda acc, h: acc + jnp.einsum("...bd,...be->...de", h, h), donate_argnums=0)
+    lead = (stream.layers,) if stream.layers else ()
+    acc = jnp.zeros(lead + (stream.d, stream.d), jnp.float32)
+    for h, _ in stream():
+        acc = _GEMM["step"](acc, h)
+    jax.block_until_ready(acc)
+    return {}
 
 
 def rhubarbwu_metrics(stream: Stream) -> dict:
@@ -269,20 +323,78 @@ def rhubarbwu_metrics(stream: Stream) -> dict:
     return {name: [float(v)] for name, v in results.items()}
 
 
-IMPLEMENTATIONS = {"stream": stream_only, "numpy": reference, "ncjax": ncjax_metrics, "rhubarbwu": rhubarbwu_metrics}
+IMPLEMENTATIONS = {"stream": stream_only, "numpy": reference, "ncjax": ncjax_metrics, "readme": readme_metrics,
+                   "gemm": gemm_floor, "rhubarbwu": rhubarbwu_metrics, "rhubarbwu1": rhubarbwu_metrics}
+LABELS = {"gemm": "GEMM floor (N·D²)", "readme": "ncjax README API", "ncjax": "ncjax measure_batches",
+          "rhubarbwu": "rhubarbwu (torch threads)", "rhubarbwu1": "rhubarbwu (1 thread)", "stream": "batches alone"}
 
 
 # ----------------------------------------------------------------- driver
 
 
+def serve(impl: str, case: str, rhubarbwu: str | None) -> None:
+    """One implementation in this process, measured on request: the parent interleaves the processes
+    round by round, so every implementation sees the same machine load (other jobs share the CPU).
+
+    Reads ``run`` (one timed call: prints its wall and CPU seconds), ``result`` (the last call's
+    metrics), ``memory`` (peak RSS over the footprint before the first call), ``quit``.
+    """
+    stream = Stream(**CASES[case])
+    if impl in ("ncjax", "readme", "gemm"):
+        import jax  # noqa: F401  (import cost is not the metrics' cost)
+    if impl.startswith("rhubarbwu"):
+        sys.path.insert(0, rhubarbwu)
+        import torch
+
+        import neural_collapse.measure  # noqa: F401
+        if impl == "rhubarbwu1":
+            torch.set_num_threads(1)
+    base, result = _rss_mb(), {}
+    for line in sys.stdin:
+        command = line.strip()
+        if command == "run":
+            start, start_cpu = time.perf_counter(), time.process_time()
+            result = IMPLEMENTATIONS[impl](stream)
+            reply = dict(time=time.perf_counter() - start, cpu=time.process_time() - start_cpu)
+        elif command == "result":
+            reply = result
+        elif command == "memory":
+            reply = dict(peak_mb=_rss_mb() - base)
+        else:
+            return
+        print(json.dumps(reply), flush=True)
+
+
+class Server:
+    """A child process serving one implementation (see :func:`serve`)."""
+
+    def __init__(self, impl, case, rhubarbwu=None):
+        cmd = [sys.executable, __file__, "--serve", impl, "--cases", case]
+        if rhubarbwu:
+            cmd += ["--rhubarbwu", rhubarbwu]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p))
+        self.impl = impl
+        self.process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=env)
+
+    def ask(self, command: str) -> dict:
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.impl} failed:\n{self.process.stderr.read()[-3000:]}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.write("quit\n")
+            self.process.stdin.flush()
+        self.process.wait()
+
+
 def child(impl: str, case: str, repeats: int, rhubarbwu: str | None) -> None:
     """One measurement in this process: prints a JSON line."""
     stream = Stream(**CASES[case])
-    if impl == "ncjax":
-        import jax  # noqa: F401  (import cost is not the metrics' cost)
-    if impl == "rhubarbwu":
-        sys.path.insert(0, rhubarbwu)
-        import neural_collapse.measure  # noqa: F401
     base = _rss_mb()
     times, cpu = [], []
     for _ in range(repeats):
@@ -318,16 +430,69 @@ def largest_difference(got: dict, want: dict) -> tuple[float, str]:
     return worst, where
 
 
+def measure_case(case: str, repeats: int, rhubarbwu: str | None, reference_result: dict | None) -> None:
+    """Every implementation in its own process, warmed up by one call (compilation), then ``repeats``
+    rounds, each running every implementation once in a rotating order; times are medians over rounds
+    minus generating the batches, ratios medians of the per-round ratios."""
+    cfg = CASES[case]
+    impls = ["stream", "gemm"] + (["readme"] if not cfg["layers"] and cfg["k"] <= 1_000 else []) + ["ncjax"]
+    if rhubarbwu and not cfg["layers"]:
+        impls += ["rhubarbwu", "rhubarbwu1"]
+    servers = {impl: Server(impl, case, rhubarbwu) for impl in impls}
+    try:
+        first = {impl: server.ask("run") for impl, server in servers.items()}
+        rounds = [first] if repeats == 1 else []  # one call: compilation included (seconds against minutes)
+        for r in range(repeats if repeats > 1 else 0):
+            order = impls[r % len(impls):] + impls[:r % len(impls)]
+            rounds.append({impl: servers[impl].ask("run") for impl in order})
+        results = {impl: server.ask("result") for impl, server in servers.items()}
+        memory = {impl: server.ask("memory")["peak_mb"] for impl, server in servers.items()}
+    finally:
+        for server in servers.values():
+            server.close()
+
+    def net(impl, r, key="time"):
+        return r[impl][key] - (r["stream"]["time"] if key == "time" else r["stream"]["cpu"])
+
+    median = lambda values: statistics.median(list(values))  # noqa: E731
+    floor = median(net("gemm", r) for r in rounds)
+    flops = 2 * cfg["n"] * cfg["d"] ** 2 * max(cfg["layers"], 1)
+    print(f"  {LABELS['gemm']:27s} {floor:7.3f} s   ({flops / 2e9:.1f} G multiply-adds, {flops / floor / 1e9:.0f} "
+          f"GFLOP/s: the within-class covariance's GEMM, one full hᵀh per batch)")
+    for impl in impls[2:]:
+        wall, cpu = median(net(impl, r) for r in rounds), median(net(impl, r, "cpu") for r in rounds)
+        line = (f"  {LABELS[impl]:27s} {wall:7.3f} s ({cpu:.2f} s CPU)   peak +{memory[impl]:.0f} MB")
+        if impl in ("readme", "ncjax") and repeats > 1:
+            compile_s = first[impl]["time"] - statistics.median(r[impl]["time"] for r in rounds)
+            line += (f"   first call +{compile_s:.2f} s   GEMM fraction "
+                     f"{median(net('gemm', r) / net(impl, r) for r in rounds):.2f}")
+        else:
+            line += "   ncjax faster by: " + ", ".join(
+                f"{name} {median(net(impl, r) / net(j, r) for r in rounds):.2f}x"
+                for j, name in (("readme", "README API"), ("ncjax", "measure_batches")) if j in impls)
+        if reference_result is not None and results[impl]:
+            worst, where = largest_difference(results[impl], reference_result)
+            if impl in ("readme", "ncjax"):
+                line += f"   largest relative difference from float64 {worst:.1e} ({where})"
+        print(line)
+    print(f"  (generating the batches: {median(r['stream']['time'] for r in rounds):.2f} s; "
+          f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default="common,blocks34")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs (default per case)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed rounds (default per case)")
     parser.add_argument("--rhubarbwu", default=None, help="directory holding rhubarbwu's neural_collapse package")
     parser.add_argument("--no-reference", action="store_true", help="skip the float64 reference (slow at vocab size)")
     parser.add_argument("--cache", default=None,
                         help="directory to keep the reference's results in and reuse them (the streams are deterministic)")
     parser.add_argument("--child", default=None)
+    parser.add_argument("--serve", default=None)
     args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.cases, args.rhubarbwu)
+        return
     if args.child:
         child(args.child, args.cases, args.repeats, args.rhubarbwu)
         return
@@ -335,19 +500,7 @@ def main():
         cfg = CASES[case]
         repeats = args.repeats or cfg["repeats"]
         shape = (f"L={cfg['layers']} " if cfg["layers"] else "") + f"N={cfg['n']:,} D={cfg['d']:,} K={cfg['k']:,}"
-        print(f"{case}: {shape} batch={cfg['batch']:,} (times: median over runs, minus generating the batches)")
-        stream = statistics.median(run_child("stream", case, 3)["times"])
-        if repeats > 1:  # a first call (with compilation), then timed calls
-            jx = run_child("ncjax", case, repeats + 1)
-            steady = statistics.median(jx["times"][1:])
-            print(f"  ncjax          {steady - stream:8.2f} s ({statistics.median(jx['cpu'][1:]):.2f} s CPU)   first call "
-                  f"{jx['times'][0] - stream:.2f} s (compile ≈ {jx['times'][0] - steady:.2f} s wall, "
-                  f"{jx['cpu'][0] - statistics.median(jx['cpu'][1:]):.2f} s CPU)   peak +{jx['peak_mb']:.0f} MB")
-        else:  # one call: compilation included (seconds against minutes)
-            jx = run_child("ncjax", case, 1)
-            steady = jx["times"][0]
-            print(f"  ncjax          {steady - stream:8.2f} s   (one call, compilation included)   "
-                  f"peak +{jx['peak_mb']:.0f} MB")
+        ref = None
         if not args.no_reference:
             cached = os.path.join(args.cache, f"reference_{case}.json") if args.cache else None
             if cached and os.path.exists(cached):
@@ -359,15 +512,12 @@ def main():
                     os.makedirs(args.cache, exist_ok=True)
                     with open(cached, "w") as f:
                         json.dump(ref, f)
-            worst, where = largest_difference(jx["result"], ref["result"])
-            print(f"  numpy float64  {statistics.median(ref['times']) - stream:8.2f} s   peak +{ref['peak_mb']:.0f} MB"
-                  f"   largest relative difference of any metric {worst:.1e} ({where})")
-        if args.rhubarbwu and not cfg["layers"]:
-            rw = run_child("rhubarbwu", case, repeats, args.rhubarbwu)
-            rw_time = statistics.median(rw["times"]) - stream
-            print(f"  rhubarbwu      {rw_time:8.2f} s ({statistics.median(rw['cpu']):.2f} s CPU)   peak "
-                  f"+{rw['peak_mb']:.0f} MB   (ncjax {rw_time / (steady - stream):.1f}x faster)")
-        print(f"  (generating the batches: {stream:.2f} s)")
+        print(f"{case}: {shape} batch={cfg['batch']:,}; every implementation in its own process, warmed up "
+              f"(compiled), then {repeats if repeats > 1 else 'no'} interleaved rounds (times: medians, minus generating the batches; "
+              f"ratios: medians of per-round ratios)")
+        if ref is not None:
+            print(f"  numpy float64 reference     {ref['times'][0]:7.2f} s   peak +{ref['peak_mb']:.0f} MB")
+        measure_case(case, repeats, args.rhubarbwu, None if ref is None else ref["result"])
         sys.stdout.flush()
 
 

@@ -111,6 +111,55 @@ def test_two_routes_give_the_same_nc1():
         np.testing.assert_allclose(values[0], reference_metrics(h, y, k)["nc1"], rtol=2e-4)
 
 
+@pytest.mark.parametrize("d", [255, 257, 300])
+def test_column_gram_in_symmetric_blocks_matches_float64(d):
+    """From D = SPLIT_GRAM on, xᵀx comes from its upper blocks: exactly symmetric, float64-close (odd D too)."""
+    from ncjax.collapse import statistics
+
+    x = (np.random.default_rng(d).normal(size=(96, d)) + 3.0).astype(np.float32)
+    got = np.asarray(jax.jit(statistics.column_gram)(x), np.float64)
+    want = x.astype(np.float64).T @ x.astype(np.float64)
+    if d >= statistics.SPLIT_GRAM:
+        np.testing.assert_array_equal(got, got.T)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("noise, offset", [(0.5, 0.0), (1e-3, 30.0)])
+def test_readme_loop_at_width_300_matches_float64(noise, offset):
+    """The streaming API at D ≥ SPLIT_GRAM (the scatter from symmetric blocks), far from and near collapse."""
+    h, y, w, b = mixture(47, k=7, d=300, n_per_class=60, noise=noise, offset=offset)
+    batches = lambda: ((h[i:i + 96], y[i:i + 96]) for i in range(0, y.size, 96))  # noqa: E731 (ragged tail)
+    stats = None
+    for hb, yb in batches():
+        stats = collapse.update(stats, hb, yb, 7)
+    second = None
+    for hb, yb in batches():
+        second = collapse.update_second(second, stats, hb, yb, weight=w, bias=b)
+    got = collapse.metrics(stats, w, b, second=second)
+    want = reference_metrics(h, y, 7, w, b)
+    assert set(got) == set(ALL) - {"nc5"}
+    assert_close(got, want, rtol=2e-4, atol=1e-9)
+    measured = collapse.measure(h, y, 7, weight=w, bias=b, chunk=96, covariance=True)  # the same route, one call
+    assert_close(measured, got, rtol=1e-5, atol=1e-9)
+
+
+def test_small_batches_are_padded_to_their_own_size_and_a_ragged_tail_compiles_nothing():
+    """update/update_second pad a 96-row batch to 128 rows (not the 1,024 of a piece), and the
+    36-row last batch reuses that program."""
+    h, y, w, b = mixture(48, k=5, d=24, n_per_class=84)  # 420 rows: 4 × 96 + 36
+    streaming._batch_pieces.clear()
+    before = (streaming._pass1._cache_size(), streaming._pass2._cache_size())
+    stats = second = None
+    for i in range(0, y.size, 96):
+        stats = collapse.update(stats, h[i:i + 96], y[i:i + 96], 5)
+    for i in range(0, y.size, 96):
+        second = collapse.update_second(second, stats, h[i:i + 96], y[i:i + 96], weight=w, bias=b)
+    assert streaming._batch_pieces[("pass1", (), 24, 5)] == {128}
+    assert streaming._batch_pieces[("pass2", (), 24, 5)] == {128}
+    assert (streaming._pass1._cache_size(), streaming._pass2._cache_size()) <= (before[0] + 1, before[1] + 1)
+    assert_close(collapse.metrics(stats, w, b, second=second), reference_metrics(h, y, 5, w, b), rtol=2e-4)
+
+
 def test_many_classes_scatter_sums_and_tiled_pairs(monkeypatch):
     """K = 300: per-class sums by segment scatter; pairs summed over many small row tiles."""
     from ncjax.collapse import pairwise
@@ -744,3 +793,18 @@ def test_import_needs_neither_flax_optax_orbax_nor_matplotlib():
                           env={**os.environ, "JAX_PLATFORMS": "cpu"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_first_argmin_and_argmax_equal_numpy_with_ties_and_nan():
+    """The two-reduction argmin/argmax of pass 2 pick what jnp.argmin/argmax pick: first of ties, NaN first."""
+    from ncjax.collapse.second_pass import first_argmax, first_argmin
+
+    x = np.random.default_rng(49).normal(size=(40, 9)).astype(np.float32)
+    x[:10, 6] = x[:10].min(1)  # ties with an earlier minimum
+    x[10:20, 2] = x[10:20].max(1)
+    x[20, 4] = x[21, 0] = np.nan
+    x[22, [3, 7]] = np.inf
+    x[23, [1, 5]] = -np.inf
+    x[24] = np.nan
+    for ours, theirs in ((first_argmin, jnp.argmin), (first_argmax, jnp.argmax)):
+        np.testing.assert_array_equal(jax.jit(ours)(x), theirs(x, -1))

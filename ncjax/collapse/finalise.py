@@ -27,7 +27,7 @@ import warnings
 from typing import Any
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 from ncjax import errors
 from ncjax.collapse import conventions as convention
@@ -58,6 +58,26 @@ class UndefinedMetricWarning(UserWarning):
 
 class SecondPassWarning(UserWarning):
     """Metrics that need the second pass were left out because it was not given (the message names them)."""
+
+
+SMALL_PROBLEM = 2048  # K and D up to this: one BLAS thread (see _blas_threads)
+_controller: ThreadpoolController | None = None
+
+
+def _blas_threads(slices: int, size: int):
+    """One BLAS thread for many small problems or one of moderate size; a vocabulary-sized one keeps its threads.
+
+    Threaded BLAS thrashes on small problems, most of all on a machine shared with other jobs: 1,280
+    eigen-problems of 100×100 on 2 busy cores took 37 s threaded and 1.4 s on one thread; one 512×512
+    float64 ``eigvalsh`` takes 0.02 s on one thread and 0.07 to 7 s on two beside other jobs. The
+    controller is built once (building one scans the loaded libraries: about 1 ms).
+    """
+    global _controller
+    if slices == 1 and size > SMALL_PROBLEM:
+        return contextlib.nullcontext()
+    if _controller is None:
+        _controller = ThreadpoolController()
+    return _controller.limit(limits=1, user_api="blas")
 
 
 def _uncentred_gram(spectrum: spectral.BetweenSpectrum, centred: np.ndarray, global_mean: np.ndarray) -> np.ndarray:
@@ -179,10 +199,7 @@ def metrics(stats: ClassStats, weight=None, bias=None, *, second: SecondPassStat
                 "both passes must stream the same data")
 
     out: dict[str, np.ndarray] = {}
-    # Many small problems (members × blocks): threaded BLAS only thrashes on them (37 s → 1.4 s for 1,280
-    # eigen-problems of 100×100 on 2 busy cores); one large problem (vocabulary-sized K) keeps its threads.
-    single_threaded = threadpool_limits(1, "blas") if len(total) > 1 else contextlib.nullcontext()
-    with np.errstate(divide="ignore", invalid="ignore"), single_threaded:
+    with np.errstate(divide="ignore", invalid="ignore"), _blas_threads(len(total), max(k, dim)):
         classes_side = k <= dim or scatter is None
         spectrum = spectral.between_spectrum(centred, means_energy, classes_side)
         if classes_side and second is not None and second.projected is not None:

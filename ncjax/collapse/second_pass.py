@@ -23,7 +23,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from ncjax.collapse.statistics import HIGHEST, ClassStats, map_leading, valid_rows
+from ncjax.collapse.statistics import HIGHEST, ClassStats, column_gram, map_leading, valid_rows
 
 
 class Reference(NamedTuple):
@@ -90,6 +90,26 @@ def empty_second(stats: ClassStats, classifier: bool = False) -> SecondPassStats
     )
 
 
+def first_argmin(x: jax.Array) -> jax.Array:
+    """``jnp.argmin(x, -1)`` (first occurrence; NaN counts as the minimum) from two plain reductions.
+
+    XLA's CPU argmin is a variadic (value, index) reduction that does not vectorise: over [1,024, 100]
+    it costs three times a min followed by the first index equal to it.
+    """
+    key = jnp.where(jnp.isnan(x), -jnp.inf, x)
+    hit = key == jnp.min(key, -1, keepdims=True)
+    size = x.shape[-1]
+    return jnp.minimum(jnp.min(jnp.where(hit, jnp.arange(size, dtype=jnp.int32), size), -1), size - 1)
+
+
+def first_argmax(x: jax.Array) -> jax.Array:
+    """``jnp.argmax(x, -1)`` (first occurrence; NaN counts as the maximum), as :func:`first_argmin`."""
+    key = jnp.where(jnp.isnan(x), jnp.inf, x)
+    hit = key == jnp.max(key, -1, keepdims=True)
+    size = x.shape[-1]
+    return jnp.minimum(jnp.min(jnp.where(hit, jnp.arange(size, dtype=jnp.int32), size), -1), size - 1)
+
+
 def _accumulate_second_one(second: SecondPassStats, ref: Reference, features, labels, weight, bias, logits):
     num_classes = ref.mean.shape[-2]
     h = features.astype(jnp.float32)
@@ -100,13 +120,13 @@ def _accumulate_second_one(second: SecondPassStats, ref: Reference, features, la
         z = jnp.dot(h - ref.mean[safe], ref.centred.T, precision=HIGHEST)  # M̃(h − μ_y): [B, K]
         to_centres = z + ref.gram[safe]  # M̃(h − μ_G)
         zm = z * valid[:, None]
-        projected = second.projected + jnp.dot(zm.T, zm, precision=HIGHEST)
+        projected = second.projected + column_gram(zm)
     else:
         to_centres = jnp.dot(h - global_mean, ref.centred.T, precision=HIGHEST)
         projected = None
     # ‖h − μ_c‖² − ‖h − μ_G‖² = ‖μ_c − μ_G‖² − 2⟨μ_c − μ_G, h − μ_G⟩
     dist = jnp.sum(ref.centred**2, -1) - 2.0 * to_centres
-    nearest = jnp.argmin(jnp.where(ref.present, dist, jnp.inf), -1)
+    nearest = first_argmin(jnp.where(ref.present, dist, jnp.inf))
     out = SecondPassStats(
         count=second.count + jnp.sum(valid, dtype=jnp.int32),
         ncc_correct=second.ncc_correct + jnp.sum(valid & (nearest == labels), dtype=jnp.int32),
@@ -119,7 +139,7 @@ def _accumulate_second_one(second: SecondPassStats, ref: Reference, features, la
     w = weight.astype(jnp.float32)
     if logits is None:
         logits = jnp.dot(h, w.T, precision=HIGHEST) + bias.astype(jnp.float32)
-    predicted = jnp.argmax(jnp.where(ref.present, logits.astype(jnp.float32), -jnp.inf), -1)
+    predicted = first_argmax(jnp.where(ref.present, logits.astype(jnp.float32), -jnp.inf))
     mismatch = jnp.sum(valid & (predicted != nearest), dtype=jnp.int32)
     row = w[safe]
     centred_h = h - global_mean
