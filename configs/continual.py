@@ -1,11 +1,17 @@
 """Continual learning with Progressive Neural Collapse (ProNC) against its baselines (docs/continual.md).
 
     python -m ncjax.main --config=configs/continual.py          # embedded MNIST subset, 5 tasks × 2 classes: minutes
+    python -m ncjax.main --config=configs/continual.py:fashion  # Fashion-MNIST (IDX files), 400 images per class
     python -m ncjax.main --config=configs/continual.py:quick    # Gaussian mixture, 3 tasks × 2 classes: seconds
     python -m ncjax.main --config=configs/continual.py:paper    # Seq-CIFAR-10 through TFDS (tfds:cifar10)
 
-Every method (``continual.methods``: pronc, pronc_replay, fixed_etf, finetune,
-finetune_replay; see ``ncjax/continual/methods.py``) trains one model per seed task
+``fashion`` reads ``idx:/usr/share/datasets/fashion-mnist`` (Debian's dataset-fashion-mnist;
+``--config.data.source=idx:<folder>`` for another copy) and keeps 400 training images per
+class, as many as the MNIST subset, so the two compare at one size and fit a CPU; the test
+split stays whole (1,000 per class).
+
+Every method (``continual.methods``: pronc, pronc_replay, fixed_etf, fixed_etf_ce,
+finetune, finetune_replay; see ``ncjax/continual/methods.py``) trains one model per seed task
 after task, in every scenario (``continual.scenarios``: class_incremental,
 task_incremental). The workdir gets one folder per (method, scenario) with
 ``seed_<n>/metrics.jsonl`` (one line per task: accuracy on every task seen, average
@@ -25,23 +31,26 @@ of the README's multi-step schedule (milestones 35 and 45 for 50 epochs).
 from ncjax import config
 from ncjax.continual import config as continual_config
 
-PRESETS = {"size": ("default", "quick", "paper")}
-ALL_METHODS = ("pronc", "pronc_replay", "fixed_etf", "finetune", "finetune_replay")
+PRESETS = {"setting": ("default", "fashion", "quick", "paper")}
+ALL_METHODS = ("pronc", "pronc_replay", "fixed_etf", "fixed_etf_ce", "finetune", "finetune_replay")
+FASHION_MNIST = "idx:/usr/share/datasets/fashion-mnist"
 
 
 def get_config(arg=None):
-    size = config.parse_presets(arg, PRESETS)["size"]
+    setting = config.parse_presets(arg, PRESETS)["setting"]
     c = continual_config.base_config()
-    c.name = "continual" if size == "default" else f"continual_{size}"
+    c.name = "continual" if setting == "default" else f"continual_{setting}"
     k, t = c.continual, c.train
-    if size == "default":  # the embedded MNIST subset: 400 training and 100 test images per class
+    if setting in ("default", "fashion"):  # the embedded MNIST subset (400 training, 100 test images per class)
+        if setting == "fashion":  # or Fashion-MNIST cut to the same 400 training images per class
+            c.data.source, c.data.n_per_class = FASHION_MNIST, 400
         c.seeds = (0, 1, 2)
         c.model.width = 64
         k.methods = ALL_METHODS
         t.epochs = 5
         c.checkpoint.every_steps = 100
         c.log_every_steps = 25
-    elif size == "quick":  # seconds: a Gaussian mixture of 6 classes in 3 tasks, a width-16 model
+    elif setting == "quick":  # seconds: a Gaussian mixture of 6 classes in 3 tasks, a width-16 model
         c.seeds = (0, 1)
         c.data.source = "gaussian_mixture"
         c.data.gaussian_mixture.num_classes = 6

@@ -27,8 +27,9 @@ paper's theory concerns global optima, not an optimiser).
 
 from ncjax import config
 
-PRESETS = {"size": ("default", "fine", "quick")}
+PRESETS = {"size": ("default", "fine", "width", "quick")}
 FINE_SNRS = (0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+WIDTHS = (64, 128, 256, 512, 1024, 2048, 4096)  # past the 400 training samples of the width preset
 
 
 def get_config(arg=None):
@@ -40,7 +41,7 @@ def get_config(arg=None):
     gm = c.data.gaussian_mixture
     gm.num_classes, gm.n_per_class_test = 4, 250
     c.train.update(learning_rate=0.003, l2=5e-4, batch_size=40, schedule="cosine")
-    c.summary.slope_axis = "data.gaussian_mixture.snr"
+    c.summary.slope_axis = "model.width" if p["size"] == "width" else "data.gaussian_mixture.snr"
     c.summary.min_train_accuracy = 0.0  # the point is what happens when the training set cannot be separated
     if p["size"] == "quick":
         c.depths, c.seeds = (1,), (0, 1)
@@ -57,6 +58,10 @@ def get_config(arg=None):
                        ("data.gaussian_mixture.n_per_class_train", (10, 100)),
                        ("data.gaussian_mixture.dim", (64,)),
                        ("model.width", (256,)))
+        elif p["size"] == "width":  # the width their 'wide enough' condition is about, at a low and a high SNR
+            c.depths, c.seeds = (1, 2), (0, 1)
+            c.sweep = (("model.width", WIDTHS), ("data.gaussian_mixture.snr", (0.1, 3.0)))
+            gm.dim, gm.n_per_class_train = 64, 100
         else:
             c.depths, c.seeds = (1, 2), (0, 1)
             c.sweep = (("data.gaussian_mixture.snr", (0.1, 0.3, 1.0, 3.0)),

@@ -109,6 +109,25 @@ def test_etf_logits_are_cosines_and_rank_like_the_papers_scores(batch):
     np.testing.assert_array_equal(got.argmax(1), (h @ v.T).argmax(1))  # the paper's ProNC scores ⟨h, v_c⟩
 
 
+def test_fixed_etf_cross_entropy_scores_the_raw_features_against_the_frozen_etf(batch):
+    """The NCT-style baseline: CE of the logits ⟨h, v_c⟩ over the seen classes; the features get the CE
+    gradient Σ_c (p_c − 1[c = y]) v_c / B, the ETF none (it is fixed, not learned)."""
+    h, y, v = batch["features"], batch["labels"], batch["vertices"]
+    seen = np.arange(K) < 4
+
+    def loss(features, vertices):
+        return losses.masked_cross_entropy(losses.fixed_etf_logits(features, vertices), y, seen)
+
+    np.testing.assert_allclose(loss(_f32(h), _f32(v)), _ref_ce(h @ v.T, y, seen), rtol=1e-5)
+    grad_h, grad_v = jax.grad(loss, argnums=(0, 1))(_f32(h), _f32(v))
+    z = h @ v[:4].T
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    p[np.arange(B), y] -= 1.0
+    np.testing.assert_allclose(grad_h, p @ v[:4] / B, atol=1e-6)
+    assert np.all(np.asarray(grad_v) == 0)
+
+
 def test_zero_feature_gives_finite_losses_and_gradients():
     h = jnp.zeros((2, 3))
     v = jnp.asarray(random_etf(2, 3, seed=0), jnp.float32)

@@ -194,7 +194,7 @@ def test_bad_config_values_fail_before_anything_is_written(tmp_path, change, err
 
 
 def test_validation_accepts_every_preset():
-    for preset in ("quick", "default", "paper"):
+    for preset in ("quick", "default", "fashion", "paper"):
         continual_config.validate(_preset(preset))
 
 

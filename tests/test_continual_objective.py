@@ -122,15 +122,45 @@ def test_each_member_gets_its_own_slice_of_the_extras(setup):
         np.testing.assert_allclose(np.asarray(logs["align"])[0, m], alone["align"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("name", list(methods.METHODS))
+# (ce, align, distill) on the first task and on a later one, with the configured weights 1 / 18 / 170; whether
+# targets exist on the first task and on a later one; what the CE scores.
+EXPECTED = {
+    "pronc": ((1, 0, 0), (1, 18, 170), (False, True), "head"),  # CE alone until the first targets exist
+    "pronc_replay": ((1, 0, 0), (1, 18, 170), (False, True), "head"),
+    "fixed_etf": ((0, 18, 0), (0, 18, 170), (True, True), "head"),  # no CE at all: the head never trains
+    "fixed_etf_ce": ((1, 0, 0), (1, 0, 0), (True, True), "targets"),
+    "finetune": ((1, 0, 0), (1, 0, 0), (False, False), "head"),
+    "finetune_replay": ((1, 0, 0), (1, 0, 0), (False, False), "head"),
+}
+
+
+def test_every_method_has_an_expected_row():
+    assert set(EXPECTED) == set(methods.METHODS)
+
+
+@pytest.mark.parametrize("name", list(EXPECTED))
 def test_method_weights_by_task(name):
     method = methods.get(name)
-    first, later = method.weights(0, 1.0, 18.0, 170.0), method.weights(2, 1.0, 18.0, 170.0)
-    assert later.distill == (170.0 if method.distills else 0.0) and first.distill == 0.0  # no teacher on task 0
-    if method.targets == methods.PROGRESSIVE:  # CE alone until the first targets exist
-        assert first == LossWeights(ce=1.0) and later == LossWeights(1.0, 18.0, 170.0)
-        assert not method.has_targets(0) and method.has_targets(1)
-    elif method.targets == methods.FIXED:
-        assert first == LossWeights(0.0, 18.0, 0.0) and method.has_targets(0)
-    else:
-        assert first == later == LossWeights(ce=1.0) and not method.has_targets(3)
+    first, later, targets, scores = EXPECTED[name]
+    assert method.weights(0, 1.0, 18.0, 170.0) == LossWeights(*first)
+    assert method.weights(2, 1.0, 18.0, 170.0) == LossWeights(*later)
+    assert (method.has_targets(0), method.has_targets(2)) == targets
+    assert method.ce_logits == scores
+
+
+def test_fixed_etf_cross_entropy_trains_the_features_against_the_etf_and_leaves_the_head(setup):
+    """``ce_on_targets``: the loss is CE of ⟨h, v_c⟩ (float64 reference from the model's features) + λ‖θ‖²;
+    the linear head, unused, gets no gradient."""
+    module, params, _, x, y, masks, _ = setup
+    targets = random_etf(K, D, 5).astype(np.float32)
+    hyper = jax.tree.map(lambda a: a[0], _hyper(0.01))
+    fn = jax.jit(jax.value_and_grad(task_loss(module, LossWeights(ce=1.0), ce_on_targets=True), has_aux=True))
+    (loss, logs), grads = fn(params, hyper, x, y, dict(masks=masks, targets=targets))
+    h = np.asarray(jax.jit(module.apply)({"params": params}, x)[1]["features"], np.float64)
+    z = h @ targets.astype(np.float64).T
+    ce = np.mean([np.log(np.sum(np.exp(row[masks[label]]))) - row[label] for row, label in zip(z, y)])
+    penalty = sum(np.sum(np.asarray(p, np.float64) ** 2) for p in jax.tree.leaves(params))
+    np.testing.assert_allclose(logs["ce"], ce, rtol=2e-5)
+    np.testing.assert_allclose(loss, ce + 0.01 * penalty, rtol=2e-5)
+    for g, p in zip(jax.tree.leaves(grads["head"]["classifier"]), jax.tree.leaves(params["head"]["classifier"])):
+        np.testing.assert_allclose(g, 2 * 0.01 * np.asarray(p), rtol=1e-6, atol=1e-9)  # the L2 term's alone

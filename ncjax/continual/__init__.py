@@ -6,7 +6,8 @@ One idea per module; the first five do not depend on the training engine:
 - ``etf``:        the targets: the nearest ETF after the first task, its minimal growth at
   every task boundary, a random fixed ETF for the baseline (the optimisation problems
   and their closed forms are in its docstring);
-- ``losses``:     masked cross-entropy, alignment to the targets, feature distillation (JAX);
+- ``losses``:     masked cross-entropy (on the head, or on a frozen ETF), alignment to the targets,
+  feature distillation (JAX);
 - ``metrics``:    the accuracy matrix, average accuracy, forgetting, collapse of the seen classes;
 - ``replay``:     the indices of a small class-balanced replay buffer;
 - ``methods``:    ProNC and the baselines as data (targets, loss weights per task, replay, prediction rule);
@@ -36,6 +37,7 @@ from ncjax.continual.losses import (
     distillation_loss,
     dot_regression,
     etf_logits,
+    fixed_etf_logits,
     masked_cross_entropy,
 )
 from ncjax.continual.metrics import (
@@ -62,6 +64,7 @@ __all__ = [
     "dot_regression",
     "empty_accuracy_matrix",
     "etf_logits",
+    "fixed_etf_logits",
     "forgetting",
     "grow_etf",
     "masked_cross_entropy",

@@ -20,7 +20,8 @@ Seq-CIFAR-100 command uses ``w_align = 18``, ``w_distill = 170``, ``w_ce = 1``. 
 baselines are the same function with other weights: fine-tuning is CE alone (no
 protection); the fixed, pre-allocated ETF classifier is alignment alone to a
 :func:`ncjax.continual.etf.random_etf` of all classes, never trained, predicting by
-:func:`etf_logits`.
+:func:`etf_logits`; its cross-entropy form (``fixed_etf_ce``) is CE alone on
+:func:`fixed_etf_logits`, the same ETF as a frozen linear head.
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ def etf_logits(features: jax.Array, vertices: jax.Array) -> jax.Array:
     the same argmax, since ``‖h‖`` is shared by a sample's scores.
     """
     return normalize(features) @ vertices.T
+
+
+def fixed_etf_logits(features: jax.Array, vertices: jax.Array) -> jax.Array:
+    """``[B, K]`` logits ``⟨h, v_c⟩``: the ETF as a frozen, bias-free linear head for the cross-entropy.
+
+    Unlike :func:`etf_logits` the features are not normalised: the scale of ``h`` is the
+    softmax's temperature, which the network learns, as with a trained head.
+    """
+    return features @ jax.lax.stop_gradient(vertices).T
 
 
 def continual_loss(

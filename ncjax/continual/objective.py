@@ -27,11 +27,16 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from ncjax import objective
-from ncjax.continual.losses import LossWeights, continual_loss, etf_logits
+from ncjax.continual.losses import LossWeights, continual_loss, etf_logits, fixed_etf_logits
+
 
 def task_loss(module: nn.Module, weights: LossWeights, l2_exclude: Sequence[str] = (), l2_form: str = "full",
-              l2_params: str = "all") -> Callable:
-    """One member's loss on a batch of one task (see the module docstring for ``extras``)."""
+              l2_params: str = "all", ce_on_targets: bool = False) -> Callable:
+    """One member's loss on a batch of one task (see the module docstring for ``extras``).
+
+    ``ce_on_targets``: the cross-entropy scores ``⟨h, v_c⟩`` against the frozen targets
+    (:func:`ncjax.continual.losses.fixed_etf_logits`) instead of the linear head's logits.
+    """
     factor = objective.L2_FORMS[l2_form]
 
     def loss_fn(params, hyper, x, y, extras):
@@ -41,7 +46,8 @@ def task_loss(module: nn.Module, weights: LossWeights, l2_exclude: Sequence[str]
         old_features = None
         if "teacher" in extras:
             old_features = module.apply({"params": extras["teacher"]}, x, train=False)[1]["features"]
-        total, terms = continual_loss(weights, y, logits=logits, logit_mask=mask, features=features,
+        ce_logits = fixed_etf_logits(features, extras["targets"]) if ce_on_targets else logits
+        total, terms = continual_loss(weights, y, logits=ce_logits, logit_mask=mask, features=features,
                                       vertices=extras.get("targets"), old_features=old_features)
         penalty = objective.l2_penalty(params, l2_exclude, which=l2_params)
         scores = etf_logits(features, extras["targets"]) if "targets" in extras else logits

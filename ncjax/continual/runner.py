@@ -132,7 +132,8 @@ class PointRun:
         k = self.config.continual
         weights = self.method.weights(task, k.ce_weight, k.align_weight, k.distill_weight)
         t = self.config.train
-        loss = objective.task_loss(self.module, weights, tuple(t.l2_exclude), t.l2_form, t.l2_params)
+        loss = objective.task_loss(self.module, weights, tuple(t.l2_exclude), t.l2_form, t.l2_params,
+                                   ce_on_targets=self.method.ce_logits == methods.TARGETS)
         return train.Program(self.module, self.config.train, feed, self.mesh, self.steps[task], self.sample,
                              self.hyper, loss=loss)
 
