@@ -279,6 +279,8 @@ class Evaluations:
         if not records.is_writer():
             return
         self.close()
+        if _settings(self.runs).get("wandb"):
+            import_wandb()  # before anything is removed: a missing wandb changes nothing
         for run in self.runs:
             folder = run / FOLDER / "eval"
             if folder.exists():

@@ -45,7 +45,8 @@ def _records(path: Path) -> list:
 
 
 def _wandb_runs(folder: Path) -> dict[str, dict]:
-    """{display name: {config, history rows, summary}} of every offline W&B run under ``folder``."""
+    """{job type: {display name: {group, config, history rows, summary}}} of every offline W&B run under
+    ``folder``."""
     runs = {}
     for log in sorted(folder.glob("wandb/offline-run-*/run-*.wandb")):
         run = dict(config={}, history=[], summary={})
@@ -53,6 +54,7 @@ def _wandb_runs(folder: Path) -> dict[str, dict]:
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 run["name"] = record.run.display_name
+                run["group"], run["job_type"] = record.run.run_group, record.run.job_type
                 run["config"].update({item.key: json.loads(item.value_json) for item in record.run.config.update})
             elif kind == "config":
                 run["config"].update({item.key: json.loads(item.value_json) for item in record.config.update})
@@ -62,7 +64,7 @@ def _wandb_runs(folder: Path) -> dict[str, dict]:
             elif kind == "summary":
                 run["summary"].update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                                        for item in record.summary.update})
-        runs[run["name"]] = run
+        runs.setdefault(run["job_type"], {})[run["name"]] = run
     return runs
 
 
@@ -91,9 +93,10 @@ def test_wandb_logs_the_scalars_and_hparams_of_every_run(tmp_path, monkeypatch):
 
     stored = json.loads((workdir / "config.json").read_text())
     assert stored["dashboard"]["wandb"] is True
-    logged = _wandb_runs(tmp_path)
+    logged = _wandb_runs(tmp_path)["training"]
     assert sorted(logged) == ["depth_002/seed_0", "depth_002/seed_1"]
     for name, run in logged.items():
+        assert run["group"] == "w"  # the workdir's name
         folder = workdir / name
         metrics = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
         train_log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
@@ -126,6 +129,24 @@ def test_wandb_logs_the_scalars_and_hparams_of_every_run(tmp_path, monkeypatch):
                         assert row[f"blocks/{key[:-10]}/block_{block:03d}"] == pytest.approx(v, rel=1e-12), key
         assert run["summary"]["final/nc1_quotient"] == pytest.approx(metrics[-1]["nc1_quotient"], rel=1e-12)
         assert run["summary"]["final/train_accuracy"] == pytest.approx(metrics[-1]["train_accuracy"], rel=1e-12)
+
+    # Re-evaluation (here its dashboard step alone, from the metrics.jsonl files): a new W&B run per run, of job
+    # type re-evaluation, with every evaluation again.
+    from ncjax import dashboard
+
+    folders = [workdir / name for name in sorted(logged)]
+    hparams = [{k: v for k, v in logged[f"{f.parent.name}/{f.name}"]["config"].items() if not k.startswith("_")}
+               for f in folders]
+    dashboard.Evaluations(folders, hparams).rewrite()
+    again = _wandb_runs(tmp_path)
+    assert sorted(again["re-evaluation"]) == sorted(logged)
+    for name, run in again["re-evaluation"].items():
+        metrics = [json.loads(line) for line in (workdir / name / "metrics.jsonl").read_text().splitlines()]
+        evaluations = _rows(run["history"], "eval/step")
+        assert sorted(evaluations) == [line["step"] for line in metrics]
+        assert [evaluations[line["step"]]["eval/nc1_quotient"] for line in metrics] == \
+            pytest.approx([line["nc1_quotient"] for line in metrics], rel=1e-12)
+        assert run["config"]["depth"] == 2 and run["config"]["seed"] == int(name[-1])
 
 
 def test_wandb_flag_without_wandb_is_a_one_line_config_error(monkeypatch):
