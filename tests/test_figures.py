@@ -48,7 +48,7 @@ def test_every_figure_is_written(drawn):
 def test_titles_state_the_setup(drawn):
     _, figures = drawn
     for fig in figures.values():
-        text = fig._suptitle.get_text()
+        text = fig._suptitle.get_text().replace("\n", " ")  # a long part may wrap onto the next line
         for part in ("L-RN1", "LayerNorm after every block", "width 64", "L = {2, 4, 8, 16}",
                      "1,000 training examples (100 per class × 10)", "1,000 steps (125 epochs)", "batch 128",
                      "λ = 0.005", "Adam, lr 0.005 100 warm-up steps + cosine decay"):

@@ -117,7 +117,7 @@ def describe(config: dict, values: dict[str, Any], step: int | None = None, epoc
 def title(setup: list[str], caption: list[str], width: float) -> str:
     """The setup's parts joined by ' · ', then the caption's by '; ', each into as few lines as fit a figure
     ``width`` inches wide (a part longer than a line is wrapped)."""
-    chars = int(width * 15)  # about 15 characters of 9-point text per inch
+    chars = int(width * 14)  # about 15 characters of 9.5-point text per inch, less a margin
 
     def pack(parts, joint):
         lines = []

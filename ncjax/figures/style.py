@@ -82,7 +82,7 @@ def save_figure(fig, path: Path) -> None:
     if fig.get_layout_engine() is None:
         fig.tight_layout()
     png = io.BytesIO()
-    fig.savefig(png, format="png")
+    fig.savefig(png, format="png", bbox_inches="tight", pad_inches=0.1)  # legends below the axes stay whole
     plt.close(fig)
     records.atomic_write(Path(path), png.getvalue())
 

@@ -44,12 +44,23 @@ Y_LABELS = {
 }
 
 
-def _x_ticks(ax, values) -> None:
+def _tick_labels(values) -> tuple[list[str], bool]:
+    """The swept values' labels, and whether to slant them: many or long labels (a λ axis: 0.000147, …)
+    would overlap their neighbours."""
+    labels = [f"{v:.3g}" for v in values]
+    return labels, len(values) > 4 and max(map(len, labels)) > 3
+
+
+def _x_ticks(ax, values, labels, slanted: bool) -> None:
     """Log x axis at the swept values (symmetric-log, linear below 1, when a value is 0)."""
     import matplotlib.ticker
 
     ax.set_xscale("symlog", linthresh=1.0) if min(values) <= 0 else ax.set_xscale("log")
-    ax.set_xticks(values, [f"{v:g}" for v in values])
+    ax.set_xticks(values, labels)
+    if slanted:
+        ax.tick_params(axis="x", labelrotation=40)
+        for label in ax.get_xticklabels():
+            label.set_horizontalalignment("right")
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
@@ -116,10 +127,12 @@ def against_axis(rows, slopes, axis: str, panel: dict[str, Any], path: Path, set
     plt = pyplot()
     mine = [r for r in rows if all(r.get(k) == v for k, v in panel.items())]
     xs = sorted({r[axis] for r in mine})
+    labels, slanted = _tick_labels(xs)
     shown = _panels(mine)
     cols = min(len(shown), 4)
     nrows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.1 * cols, 3.9 * nrows + 0.7), squeeze=False,
+    row_height = 3.9 + (0.6 if slanted else 0.0)
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.1 * cols, row_height * nrows + 0.7), squeeze=False,
                              layout="constrained")
     for ax in axes.flat[len(shown):]:
         ax.set_visible(False)
@@ -139,11 +152,12 @@ def against_axis(rows, slopes, axis: str, panel: dict[str, Any], path: Path, set
                 ax.set_ylim(*limits)
         elif family == "NC4":
             ax.set_ylim(bottom=0)
-        _x_ticks(ax, xs)
+        _x_ticks(ax, xs, labels, slanted)
         ax.set_xlabel(f"{symbol(axis)} ({axis})" if symbol(axis) != axis else axis)
         ax.set_ylabel(Y_LABELS[family] + ("" if linear else " (log)"))
         ax.set_title(family)
-        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False, handlelength=1.5)
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.3 if slanted else -0.2),
+                  frameon=False, handlelength=1.5)
     seeds = len({r["seed"] for r in mine})
     failed = sum(r["failed"] for r in mine)
     caption = [f"dots: each run's mean of its last {estimates.WINDOW} evaluations ({seeds} seeds)",
