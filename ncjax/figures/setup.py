@@ -47,6 +47,8 @@ def model(c: dict) -> str:
     m = c.get("model", {})
     name = m.get("name", "rn1")
     text = MODELS.get(name, name)
+    if name == "mlp" and m.get("activation", "relu") != "relu":
+        text = f"{m['activation']} MLP"
     if name != "mlp":
         norm = NORMS.get(m.get("norm", "post"), m.get("norm"))
         text += f", {norm} ({'affine' if m.get('norm_affine') else 'parameter-free'})"

@@ -1,13 +1,14 @@
 """Collapse along training, from every evaluation of every run.
 
-- ``collapse_vs_steps.png``: the paper's metrics, their test-set forms and the train and test
-  accuracy against the training step on a log axis (collapse is a late-phase, roughly
+- ``collapse_vs_steps.png``: the paper's metrics, their test-set forms, the train and test
+  accuracy and a linear head's balancedness against the training step on a log axis (collapse is a late-phase, roughly
   power-law process), one line per point of the sweep: the geometric mean over the seeds that
   pass the failed-run rule (arithmetic for accuracies), with a band from the seeds' minimum
   to their maximum. Failed runs are left out: one chance-level run would dominate a mean.
 - ``collapse_vs_loss.png`` (when the evaluations record the full-batch gradient norm):
   NC1 against the training loss and against the gradient norm, one line per run that passes,
-  coloured by its point.
+  coloured by its point, its first evaluation circled and its last a square (the loss need not
+  fall monotonically under weight decay, so a line's direction is not otherwise readable).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ncjax.figures.style import (PAPER, count, finite, finite_positive, label, p
                                  readable_log_ticks, save_figure, styled)
 
 # The panels, in order, where the runs record them.
-STEP_PANELS = PAPER + ("test_nc1_quotient", "train_accuracy", "test_accuracy", "test_ncc_accuracy")
+STEP_PANELS = PAPER + ("test_nc1_quotient", "train_accuracy", "test_accuracy", "test_ncc_accuracy", "balancedness")
 FALLBACK = ("nc1", "nc2_etf", "nc3")  # older workdirs without the paper forms
 
 
@@ -92,6 +93,8 @@ def against_loss(lines_of: dict[tuple, list[list[dict]]], axes: list[str], path:
                  failed: int) -> None:
     """NC1 against the training loss and against the full-batch gradient norm along training, one line per
     run coloured by its point; ``lines_of`` as for :func:`against_steps`."""
+    import matplotlib.ticker
+
     plt = pyplot()
     fig, axs = plt.subplots(1, 2, figsize=(8.0, 3.6), layout="constrained")
     runs = [lines for group in lines_of.values() for lines in group]
@@ -106,15 +109,20 @@ def against_loss(lines_of: dict[tuple, list[list[dict]]], axes: list[str], path:
                 if pts:
                     ax.plot(*zip(*pts), marker=".", ms=3, lw=0.8, color=color, alpha=0.8,
                             label=point_label(dict(zip(axes, point))) if index == 0 else None)
+                    ax.scatter(*pts[0], marker="o", s=36, facecolors="none", edgecolors=[color])
+                    ax.scatter(*pts[-1], marker="s", s=25, color=[color])
         ax.set_xscale("log")
         ax.set_yscale("log")
         readable_log_ticks(ax.xaxis)
-        ax.set_xlabel(x_key.replace("_", " ") + (" (full batch, log)" if x_key == "gradient_norm" else " (log)"))
+        low, high = ax.get_xlim()
+        if high > 300 * low:  # 0.0001, 0.0003, 0.001, … overlap at this width: powers of ten only
+            ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator())
+        ax.set_xlabel("gradient norm (full batch, log)" if x_key == "gradient_norm" else "train loss (data term, log)")
         ax.set_ylabel(f"{label(metric)} (log)")
     if points:
         axs[1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     caption = ["collapse against loss and gradient norm during training",
-               "one line per run, from the first evaluation to the last"]
+               "one line per run, from its first evaluation (○) to its last (■)"]
     caption += [f"{count(failed, 'failed run')} left out"] * bool(failed)
     fig.suptitle(title(setup, caption, fig.get_figwidth()))
     save_figure(fig, path)
