@@ -59,6 +59,33 @@ def test_snrs_train_in_one_program_as_they_train_apart(shallow_snr, tmp_path):
                                    err_msg=key)
 
 
+def test_shallow_snr_width_preset_fits_collapse_against_the_width(tmp_path):
+    """The width preset at toy sizes: the width is the slope axis, the SNR splits the panels, and each
+    seed's slope is the least-squares slope of log10(NC1) on log10(width) of summary.csv (last3 columns)."""
+    config = importlib.import_module("ncjax.configs.shallow_snr").get_config("width")
+    assert config.summary.slope_axis == "model.width" and dict(config.sweep)["model.width"][-1] == 4096
+    assert "ufm" not in config.evaluate.evaluators
+    config.progress, config.depths = False, (1,)
+    config.sweep = (("model.width", (8, 64)), ("data.gaussian_mixture.snr", (0.3, 3.0)))
+    config.data.gaussian_mixture.update(dim=8, n_per_class_train=20)
+    config.train.steps = 40  # (steps take precedence over the preset's epochs)
+    config.checkpoint.every_steps, config.evaluate.every_steps, config.log_every_steps = 40, 20, 20
+    workdir, rows = _run_config(config, tmp_path / "width")
+    assert sorted({int(r["model.width"]) for r in rows}) == [8, 64]
+    assert all(0 <= float(r["test_accuracy"]) <= 1 for r in rows)
+    slopes = [s for s in csv.DictReader((workdir / "slopes.csv").open()) if s["metric"] == "nc1_quotient"]
+    for snr in ("0.3", "3.0"):
+        for seed in ("0", "1"):
+            mine = [r for r in rows if r["data.gaussian_mixture.snr"] == snr and r["seed"] == seed]
+            x = np.log10([float(r["model.width"]) for r in mine])
+            y = np.log10([float(r["nc1_quotient_last3"]) for r in mine])
+            got = next(s for s in slopes if s["seed"] == seed and float(s["data.gaussian_mixture.snr"]) == float(snr))
+            np.testing.assert_allclose(float(got["slope_last3"]), np.polyfit(x, y, 1)[0], rtol=1e-6)
+    assert sorted(p.name for p in workdir.glob("nc_vs_width-*.png")) == [
+        "nc_vs_width-depth_001-snr_0.3.png", "nc_vs_width-depth_001-snr_3.png"]
+    shows_a_result(workdir, rows)
+
+
 def test_only_a_source_with_a_generating_number_shares_a_program_across_its_values():
     """The SNR is a member of the group for the mixture; for MNIST (swept beside it) it is not a number
     of the data, so its points get a program each (and their data is loaded whole)."""
