@@ -160,6 +160,33 @@ def test_linear_head_sweeps_the_head_depth(tmp_path):
     shows_a_result(workdir, rows)
 
 
+@pytest.mark.parametrize("preset", ["sgd,quick", "momentum,quick"])
+def test_linear_head_gradient_descent_quick_presets_show_a_result(tmp_path, preset):
+    config = importlib.import_module("ncjax.configs.linear_head").get_config(preset)
+    config.progress = False
+    workdir, rows = _run_config(config, tmp_path / "head")
+    lines = records.read_metrics(workdir / "depth_003-head_depth_2-loss_ce-l2_0.001" / "seed_0")
+    assert [line["step"] for line in lines] == [100, 200, 300]
+    assert all(len(line["balancedness_per_layer"]) == 2 for line in lines)
+    shows_a_result(workdir, rows)
+
+
+@pytest.mark.parametrize("preset", ["sgd", "momentum"])
+def test_linear_head_gradient_descent_presets_train_long_enough_to_balance(preset):
+    """Under gradient flow on loss + λ‖θ‖² a linear pair's imbalance W_{l+1}ᵀW_{l+1} − W_l W_lᵀ − b_l b_lᵀ
+    shrinks by e^{−4λt}; heavy ball with step η and momentum β moves t by η/(1−β) a step. Every λ of the
+    preset reaches e^{−4λt} ≤ e^{−3} ≈ 0.05, on the whole training set, at a constant step, without biases."""
+    config = importlib.import_module("ncjax.configs.linear_head").get_config(preset)
+    t = config.train
+    flow_time = t.steps * t.learning_rate / (1.0 - t.momentum)
+    assert (t.optimizer, t.schedule, t.l2_form, config.model.use_bias) == ("sgd", "constant", "full", False)
+    assert t.momentum == {"sgd": 0.0, "momentum": 0.9}[preset]
+    assert all(np.exp(-4.0 * l2 * flow_time) <= np.exp(-3.0) + 1e-12 for l2 in dict(config.sweep)["train.l2"])
+    gm = config.data.gaussian_mixture
+    assert t.batch_size == gm.num_classes * gm.n_per_class_train
+    assert dict(config.sweep)["model.head_depth"] == (0, 1, 2, 4, 8)
+
+
 @pytest.mark.parametrize("name, preset", [("vit_depth", "quick"), ("text_depth", "synthetic,quick")])
 def test_the_quick_presets_show_a_result(tmp_path, name, preset):
     config = importlib.import_module(f"ncjax.configs.{name}").get_config(preset)
