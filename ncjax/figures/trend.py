@@ -47,7 +47,7 @@ Y_LABELS = {
 def _tick_labels(values) -> tuple[list[str], bool]:
     """The swept values' labels, and whether to slant them: many or long labels (a λ axis: 0.000147, …)
     would overlap their neighbours."""
-    labels = [f"{v:.3g}" for v in values]
+    labels = [f"{int(v):,}" if float(v).is_integer() else f"{v:.3g}" for v in values]  # widths: 1,024, not 1.02e+03
     return labels, len(values) > 4 and max(map(len, labels)) > 3
 
 
