@@ -4,9 +4,11 @@ For each case, steps/s through the real trainer (``ncjax.sweep.runner`` on a ``n
 blocks of steps, the logging and checkpoint cadence of the default configs, evaluation of
 every checkpoint, Orbax saves) beside the compiled step alone on a batch already on the
 device (``Program.step``), and their ratio. Compilation is excluded from both: the trainer's
-programs are compiled before the clock starts. Each line gives a second ratio with the time
-spent evaluating checkpoints left out: evaluation is measurement the config asks for (every
-500 steps in the default configs), the rest is the loop's own cost. The whole depth panel, end to end and
+programs are compiled before the clock starts. Each line gives a second ratio, of the trainer
+run again with the evaluator not called (every checkpoint's line holds the run's identity
+alone): evaluation is measurement the config asks for (every 500 steps in the default
+configs, and at the end), the rest is the loop's own cost. Evaluations run in a worker thread
+beside the next blocks (``ncjax.loop.Background``); the last one, at the end, is waited for. The whole depth panel, end to end and
 extrapolated to 5,000 epochs, is ``benchmarks/panel.py``.
 
     python benchmarks/train_loop.py                      # every case
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import statistics
 import sys
 import tempfile
@@ -76,9 +79,10 @@ def bare_steps_per_s(group_run: groups.GroupSetup, dataset: data.Dataset, repeat
     return statistics.median(rates)
 
 
-def trainer_steps_per_s(group_run: groups.GroupSetup) -> tuple[float, float]:
-    """Steps/s of the sweep's trainer on a fresh workdir, its programs compiled beforehand: with
-    everything, and without the time spent evaluating checkpoints (measurement, not loop overhead)."""
+def trainer_steps_per_s(group_run: groups.GroupSetup, evaluation: bool = True) -> float:
+    """Steps/s of the sweep's trainer on a fresh workdir, its programs compiled beforehand. Without
+    ``evaluation`` every checkpoint's metrics line holds the run's identity alone (the evaluator is not
+    called; the lines, dashboards and saves are written as usual): the loop's own cost."""
     import tensorboardX  # noqa: F401  once per process (seconds where torch is installed): not per step
 
     program = group_run.program
@@ -88,27 +92,19 @@ def trainer_steps_per_s(group_run: groups.GroupSetup) -> tuple[float, float]:
     state, carry, logs = program.run_block(program.init(), program.carry(0), 0, first)  # compiles the block
     jax.block_until_ready(logs)
     group_run.evaluator(state.params, [{} for _ in group_run.runs])  # compiles the evaluation
-    evaluating = []
-    measure = group_run.measure
-
-    def timed_measure(step, params):
-        jax.block_until_ready(params)  # the block that produced them is training time
-        start = time.perf_counter()
-        lines = measure(step, params)
-        evaluating.append(time.perf_counter() - start)
-        return lines
-
-    group_run.measure = timed_measure
+    if not evaluation:
+        group_run.measure = lambda step, params, diverged=None: [
+            group_run._identity(i, step) for i in range(len(group_run.runs))]
     start = time.perf_counter()
     runner._train_group(group_run, loop.StopFlag())
     group_run.checkpoints.wait()
-    wall = time.perf_counter() - start
-    return group_run.total_steps / wall, group_run.total_steps / (wall - sum(evaluating))
+    return group_run.total_steps / (time.perf_counter() - start)
 
 
 def run_case(name: str, repeats: int, bare_steps: int) -> None:
-    """Trainer and bare step measured alternately, ``repeats`` times: the ratio is robust to a machine
-    whose load drifts (a fresh workdir and GroupSetup each time; the compilation cache makes that cheap)."""
+    """The trainer with evaluation, without it, and the bare step, measured alternately ``repeats`` times:
+    the ratios (medians of per-repeat ratios) are robust to a machine whose load drifts (a fresh workdir
+    and GroupSetup each time; the compilation cache makes that cheap)."""
     config = case_config(name)
     ncjax_config.validate(config)
     dataset = data.load(config.data, seed=0)
@@ -117,21 +113,22 @@ def run_case(name: str, repeats: int, bare_steps: int) -> None:
     feed = data.feed.choose(config.data.placement, dataset, config.train.batch_size, mesh)
     loops, loops_without_evaluation, bares = [], [], []
     for _ in range(repeats):
-        with tempfile.TemporaryDirectory() as workdir:
-            group_run = groups.GroupSetup(config, plan.groups(config)[0], dataset, feed, mesh, Path(workdir))
-            try:
-                with_all, without_evaluation = trainer_steps_per_s(group_run)
-                loops.append(with_all)
-                loops_without_evaluation.append(without_evaluation)
-                bares.append(bare_steps_per_s(group_run, dataset, 1, bare_steps))
-            finally:
-                group_run.close()
+        for evaluation, rates in ((True, loops), (False, loops_without_evaluation)):
+            with tempfile.TemporaryDirectory() as workdir:
+                group_run = groups.GroupSetup(config, plan.groups(config)[0], dataset, feed, mesh, Path(workdir))
+                try:
+                    rates.append(trainer_steps_per_s(group_run, evaluation))
+                    if evaluation:
+                        bares.append(bare_steps_per_s(group_run, dataset, 1, bare_steps))
+                finally:
+                    group_run.close()
     ratio = statistics.median(np.divide(loops, bares))
     ratio_loop = statistics.median(np.divide(loops_without_evaluation, bares))
     print(f"{name:8s} depth {config.depths[0]:3d} seeds {len(config.seeds)} width {config.model.width} "
           f"batch {config.train.batch_size}: trainer {statistics.median(loops):8.1f} steps/s  "
           f"bare step {statistics.median(bares):8.1f} steps/s  ratio {ratio:.3f}  "
-          f"(evaluation time left out: ratio {ratio_loop:.3f})", flush=True)
+          f"(without evaluation: {statistics.median(loops_without_evaluation):8.1f} steps/s, ratio {ratio_loop:.3f}; "
+          f"load average {os.getloadavg()[0]:.1f})", flush=True)
 
 
 def main(argv=None) -> None:

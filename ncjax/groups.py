@@ -18,9 +18,12 @@ import ml_collections
 import numpy as np
 from etils.epath import Path
 
-from ncjax import checkpoints, config as configs, data, evaluate, models, plan, records, train
+from ncjax import checkpoints, config as configs, data, evaluate, loop, models, plan, records, train
 from ncjax.data import feed as feeds
 from ncjax.errors import ConfigError, WorkdirError
+
+
+COPY_BYTES = 1 << 30  # a state up to this size is copied and saved beside the next blocks
 
 
 def member_hyper(group: plan.Group, base: ml_collections.ConfigDict) -> train.Hyper:
@@ -124,17 +127,31 @@ class GroupSetup:
     def save(self, step: int, state: train.TrainState) -> None:
         self.checkpoints.save(step, state.params, state.opt_state, self._meta(step))
 
+    def save_later(self, step: int, state: train.TrainState):
+        """The save of ``step`` as work for a worker thread (:class:`ncjax.loop.Background`): the state
+        copied on the device and the members' divergence taken now. A state above
+        :data:`COPY_BYTES` (a copy would double its memory) is saved now instead."""
+        leaves = jax.tree.leaves((state.params, state.opt_state))
+        if sum(leaf.size * leaf.dtype.itemsize for leaf in leaves) > COPY_BYTES:
+            self.save(step, state)
+            return lambda: None
+        meta = self._meta(step)
+        params, opt_state = loop.parameters_copy((state.params, state.opt_state))
+        return lambda: self.checkpoints.save(step, params, opt_state, meta)
+
     # ---------------------------------------------------------------- measurement
 
     def _identity(self, index: int, step: int) -> dict[str, Any]:
         run = self.group.runs[index]
         return dict(run.values, step=step, epoch=step / self.steps_per_epoch, seed=run.seed)
 
-    def measure(self, step: int, params) -> list[dict[str, Any]]:
-        """Every member's metrics line at ``step`` (a diverged member's line only marks it diverged)."""
+    def measure(self, step: int, params, diverged: np.ndarray | None = None) -> list[dict[str, Any]]:
+        """Every member's metrics line at ``step`` (a diverged member's line only marks it diverged);
+        ``diverged``: the members' divergence steps as they were at ``step`` (default: as now)."""
+        diverged = self.diverged if diverged is None else diverged
         lines = self.evaluator(params, [self._identity(i, step) for i in range(len(self.runs))])
-        return [dict(self._identity(i, step), status="diverged", diverged_at_step=int(self.diverged[i]))
-                if self.diverged[i] else line for i, line in enumerate(lines)]
+        return [dict(self._identity(i, step), status="diverged", diverged_at_step=int(diverged[i]))
+                if diverged[i] else line for i, line in enumerate(lines)]
 
     def failures(self) -> list[str]:
         return [f"{run.describe()} at step {int(d)}" for run, d in zip(self.group.runs, self.diverged) if d]

@@ -13,12 +13,14 @@ every boundary.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import signal
 import sys
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from etils.epath import Path
 from tqdm import tqdm
@@ -152,12 +154,65 @@ class Hooks:
 
     ``preempted(step)``: the multi-host preemption check (Orbax's ``reached_preemption``).
     ``wait()``: blocks until saves are on disk (before a preempted run exits).
+    ``save_later`` and ``evaluate_later``, when given, replace ``save`` and ``evaluate`` at regular
+    boundaries: called there (with the state, and with a copy of the parameters), each returns its
+    work, which a worker thread runs while the next blocks train (:class:`Background`: in order,
+    a bounded number in flight; the loop waits for all before it returns, and a failure is raised
+    in the loop at the next boundary). A preempted step is saved at once.
     """
 
     save: Callable[[int, Any], None]
     evaluate: Callable[[int, Any], None] = lambda step, state: None
     preempted: Callable[[int], bool] = lambda step: False
     wait: Callable[[], None] = lambda: None
+    save_later: Callable[[int, Any], Callable[[], None]] | None = None
+    evaluate_later: Callable[[int, Any], Callable[[], None]] | None = None
+
+
+class Background:
+    """Saves and evaluations off the training's critical path: one worker thread, in order.
+
+    A save's host work (digests, Orbax's set-up of the step) and an evaluation (two passes over the
+    data, host float64 finishing, file writes) are, on a CPU, much waiting: dispatch,
+    device-to-host copies, small host problems, file systems. The next blocks of steps fill it.
+    At most ``limit`` jobs are in flight (each holds a copy of the parameters or the state); a new
+    one first waits for the oldest beyond that. Single-process only: under ``jax.distributed`` the
+    hosts must launch their collectives in the same order, which two threads would not keep.
+    """
+
+    def __init__(self, limit: int = 3):
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ncjax-background")
+        self._pending: list[concurrent.futures.Future] = []
+        self._limit = limit
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self.check()
+        while len(self._pending) >= self._limit:
+            self._pending.pop(0).result()
+        self._pending.append(self._pool.submit(work))
+
+    def check(self) -> None:
+        """Raise a finished job's error, if one failed (without waiting for those still running)."""
+        while self._pending and self._pending[0].done():
+            self._pending.pop(0).result()
+
+    def wait(self) -> None:
+        while self._pending:
+            self._pending.pop(0).result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            for job in self._pending:
+                job.cancel()
+            self._pending = []
+            self._pool.shutdown(wait=True)
+
+
+def parameters_copy(tree):
+    """A device copy of ``tree`` (parameters, or a whole state) that the next block's donation leaves alone."""
+    return jax.tree.map(jnp.copy, tree)
 
 
 def progress_bar(total: int, initial: int, name: str, enabled: bool):
@@ -173,31 +228,45 @@ def train_blocks(program, state, start: int, cadence: Cadence, log: TrainLog, ho
     or preempted: then :class:`ncjax.errors.Preempted` after it), then an evaluation.
     Stops early, after logging, once every member has diverged (``step`` < end then).
     """
-    carry = program.carry(start)
-    step, pending = start, None
-    while step < cadence.end:
-        length = cadence.next_boundary(step) - step
-        state, carry, logs = program.run_block(state, carry, step, length, extras)
-        if pending is not None:  # the previous block's logs, while this block computes
+    later = hooks.evaluate_later is not None or hooks.save_later is not None
+    background = Background() if later else None
+    try:
+        carry = program.carry(start)
+        step, pending = start, None
+        while step < cadence.end:
+            length = cadence.next_boundary(step) - step
+            state, carry, logs = program.run_block(state, carry, step, length, extras)
+            if pending is not None:  # the previous block's logs, while this block computes
+                log(*pending)
+            pending, step = (step, logs), step + length
+            if bar is not None:
+                bar.update(length)
+            if background is not None:
+                background.check()
+            due = cadence.due(step)
+            preempted = stop.raised or hooks.preempted(step)
+            if not (due.host_work or preempted) and not log.diverged.all():
+                continue
             log(*pending)
-        pending, step = (step, logs), step + length
-        if bar is not None:
-            bar.update(length)
-        due = cadence.due(step)
-        preempted = stop.raised or hooks.preempted(step)
-        if not (due.host_work or preempted) and not log.diverged.all():
-            continue
-        log(*pending)
-        pending = None
-        if log.diverged.all():
-            break  # nothing left to train or to save
-        if due.checkpoint or preempted:
-            hooks.save(step, state)
-        if preempted:  # within the grace period: save only; the resumed run evaluates
-            hooks.wait()
-            raise Preempted(f"preempted at {name}, step {step}: checkpoint saved; rerun the same command to resume")
-        if due.evaluate:
-            hooks.evaluate(step, state)
-    if pending is not None:
-        log(*pending)
+            pending = None
+            if log.diverged.all():
+                break  # nothing left to train or to save
+            if preempted and background is not None:
+                background.wait()  # the saves and evaluations of earlier boundaries first
+            if (due.checkpoint or preempted) and hooks.save_later is not None and not preempted:
+                background.submit(hooks.save_later(step, state))
+            elif due.checkpoint or preempted:
+                hooks.save(step, state)
+            if preempted:  # within the grace period: save only; the resumed run evaluates
+                hooks.wait()
+                raise Preempted(f"preempted at {name}, step {step}: checkpoint saved; rerun the same command to resume")
+            if due.evaluate and hooks.evaluate_later is not None:
+                background.submit(hooks.evaluate_later(step, parameters_copy(state.params)))
+            elif due.evaluate:
+                hooks.evaluate(step, state)
+        if pending is not None:
+            log(*pending)
+    finally:
+        if background is not None:
+            background.close()
     return state, step

@@ -142,3 +142,20 @@ def test_a_linear_head_reports_its_balancedness(tmp_path):
     want = [np.linalg.norm(b.T @ b - a @ a.T) / np.linalg.norm(a @ a.T) for a, b in zip(kernels, kernels[1:])]
     np.testing.assert_allclose(line["balancedness_per_layer"], want, rtol=1e-6)
     assert line["balancedness"] == pytest.approx(np.mean(want))
+
+
+def test_one_program_keeping_the_outputs_equals_two_forward_passes(setup, monkeypatch):
+    """A resident training set measured by one program (pass 1 keeps the outputs, pass 2 reads them back)
+    gives the lines of the two-program route that runs the forward pass twice."""
+    from ncjax.evaluate import evaluators
+
+    fused = _lines(setup, resident=True)
+    monkeypatch.setattr(evaluators, "KEEP_OUTPUTS_BYTES", 0)
+    apart = _lines(setup, resident=True)
+    assert fused[0].keys() == apart[0].keys()
+    for one, two in zip(fused, apart):
+        for key, value in two.items():
+            if isinstance(value, str) or key == "seed":
+                assert one[key] == value, key
+            else:
+                np.testing.assert_allclose(one[key], value, rtol=1e-5, atol=1e-7, err_msg=key)

@@ -167,7 +167,9 @@ def _until(process, event, timeout=300):
 def test_sigterm_saves_and_the_resumed_run_matches(finished, tmp_path):
     workdir = tmp_path / "w"
     process = _start(workdir, *QUICK, "--config.depths=(2,)")
-    _until(process, lambda: (workdir / "depth_002" / "checkpoints" / "30").is_dir())
+    # Once training has logged (saves and evaluations run beside the next blocks, so a checkpoint's folder
+    # can appear only after the last step has trained: too late for a signal to land in the loop).
+    _until(process, lambda: (workdir / "depth_002" / "seed_0" / "train_log.jsonl").exists())
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0 and "preempted" in err, err[-2000:]

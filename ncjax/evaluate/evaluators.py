@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ncjax import collapse, models, objective, train, ufm
+from ncjax import collapse, data, models, objective, train, ufm
 from ncjax.evaluate.passes import Pass, Split
 
 Results = dict[str, Any]  # key → one value per member (or a shared object, for the keys in ``shares``)
@@ -63,6 +63,8 @@ class Model:
         self.abstract_params, self.inputs = abstract_params, inputs or (lambda x, value: x)
         self.members = len(self.depths)
         self.hyper = jax.tree.map(jnp.asarray, hyper)
+        self._classifier_weights = jax.jit(jax.vmap(models.classifier_weights))
+        self._classifiers: tuple[Any, Any] | None = None  # (params, their classifiers): one fetch per evaluation
 
     def forward(self, params, member: train.Hyper, x):
         """One member: logits [B, K], features [B, d], blocks [L, B, d] (float32); ``x``: rows of a split
@@ -73,8 +75,11 @@ class Model:
         return logits, out["features"].astype(jnp.float32), out["blocks"].astype(jnp.float32)
 
     def classifiers(self, params) -> tuple[np.ndarray, np.ndarray | None]:
-        """Every member's classifier ``W`` [M, K, d] and ``b`` [M, K] (None without a bias), on the host."""
-        return jax.device_get(jax.vmap(models.classifier_weights)(params))
+        """Every member's classifier ``W`` [M, K, d] and ``b`` [M, K] (None without a bias), on the host
+        (fetched once for the parameters of an evaluation, however many plug-ins ask)."""
+        if self._classifiers is None or self._classifiers[0] is not params:
+            self._classifiers = (params, jax.device_get(self._classifier_weights(params)))
+        return self._classifiers[1]
 
 
 def _loss_sums(logits, y, loss_kind: str, target_scale: float):
@@ -91,6 +96,20 @@ def _rates(sums) -> tuple[np.ndarray, np.ndarray]:
     return sums[:, 0] / sums[:, 2], sums[:, 1] / sums[:, 2]
 
 
+KEEP_OUTPUTS_BYTES = 1 << 28  # a resident training set's outputs up to this size are kept between the passes
+
+
+def split_batch(split: Split, arrays, b):
+    """Batch ``b`` of a resident split (the ragged tail padded with label −1), sharded over the batch."""
+    x_all, y_all = arrays
+    idx = b * split.batch_size + jnp.arange(split.batch_size)
+    valid = idx < split.n
+    idx = jnp.minimum(idx, split.n - 1)
+    x, y = x_all[idx], jnp.where(valid, y_all[idx], data.PAD_LABEL)
+    return (jax.lax.with_sharding_constraint(x, split.batch_sharding(x.ndim)),
+            jax.lax.with_sharding_constraint(y, split.batch_sharding(1)))
+
+
 class TrainSet(Evaluator):
     """Training loss and accuracy, and the collapse metrics of the final features and of every block.
 
@@ -103,6 +122,11 @@ class TrainSet(Evaluator):
     definition (NC2 on centred means with two classes; nc1 when every class mean coincides) is
     recorded with its reason under ``undefined``. Shares the final features' class statistics
     (``train_stats``) and their pass-2 reference (``train_reference``).
+
+    A resident training set whose outputs (logits, features, every block's) fit in
+    :data:`KEEP_OUTPUTS_BYTES` is measured by one program that runs the forward pass once: pass 1
+    keeps every batch's outputs and pass 2 reads them back (half the arithmetic of two forward passes,
+    one dispatch instead of five).
     """
 
     provides = ("train_loss", "train_accuracy")
@@ -114,27 +138,55 @@ class TrainSet(Evaluator):
         c = train_config
         forward = jax.vmap(model.forward, in_axes=(0, 0, None))
 
-        def first(carry, consts, x, y):
+        def fold_first(carry, outputs, y):
             stats, block_stats, sums = carry
-            params, members = consts
-            logits, features, blocks = forward(params, members, x)
+            logits, features, blocks = outputs
             stats, block_stats = collapse.accumulate(stats, features, y), collapse.accumulate(block_stats, blocks, y)
             sums = sums + jax.vmap(_loss_sums, in_axes=(0, None, None, None))(logits, y, c.loss, c.mse_target_scale)
             return stats, block_stats, sums
 
-        def second(carry, consts, x, y):
+        def fold_second(carry, references, classifier, outputs, y):
             final, blocks_second = carry
+            logits, features, blocks = outputs
+            final = collapse.accumulate_second(final, references[0], features, y, *classifier, logits)
+            return final, collapse.accumulate_second(blocks_second, references[1], blocks, y)
+
+        def first(carry, consts, x, y):
+            params, members = consts
+            return fold_first(carry, forward(params, members, x), y)
+
+        def second(carry, consts, x, y):
             params, members, reference, block_reference = consts
-            logits, features, blocks = forward(params, members, x)
-            weight, bias = jax.vmap(models.classifier_weights)(params)
-            final = collapse.accumulate_second(final, reference, features, y, weight, bias, logits)
-            return final, collapse.accumulate_second(blocks_second, block_reference, blocks, y)
+            classifier = jax.vmap(models.classifier_weights)(params)
+            return fold_second(carry, (reference, block_reference), classifier, forward(params, members, x), y)
 
         self._first, self._second = Pass(first, split), Pass(second, split)
         self._reference = jax.jit(lambda s, b: (collapse.reference(s), collapse.reference(b)))
+        # Zeros made by one compiled call each, not one dispatch per array.
+        self._new, self._new_second = jax.jit(self._empty), jax.jit(self._empty_second)
         shapes = jax.eval_shape(forward, model.abstract_params, model.hyper,
                                 jax.ShapeDtypeStruct((1, *split.host[0].shape[1:]), split.host[0].dtype))
         self._width, self._depth, self._block_width = shapes[1].shape[-1], shapes[2].shape[1], shapes[2].shape[-1]
+        kept = 4 * model.members * split.batch_size * split.num_batches * (
+            shapes[0].shape[-1] + self._width + self._depth * self._block_width)
+        self._both = None
+        if split.resident and kept <= KEEP_OUTPUTS_BYTES:
+            def both(params, members, arrays):
+                """Both passes in one program: pass 1 keeps every batch's outputs, pass 2 reads them back."""
+                def step(carry, b):
+                    x, y = split_batch(split, arrays, b)
+                    outputs = forward(params, members, x)
+                    return fold_first(carry, outputs, y), (outputs, y)
+
+                (stats, block_stats, sums), kept = jax.lax.scan(step, self._empty(), jnp.arange(split.num_batches))
+                references = (collapse.reference(stats), collapse.reference(block_stats))
+                classifier = jax.vmap(models.classifier_weights)(params)
+                final, blocks = jax.lax.scan(
+                    lambda carry, out: (fold_second(carry, references, classifier, *out), None),
+                    self._empty_second(stats, block_stats), kept)[0]
+                return (stats, block_stats, sums), references, (final, blocks)
+
+            self._both = jax.jit(both)
 
     def _empty(self):
         m, k = self.model.members, self.k
@@ -150,6 +202,9 @@ class TrainSet(Evaluator):
 
     def compile(self) -> None:
         params, members = self.model.abstract_params, self.model.hyper
+        if self._both is not None:
+            self._both = self._both.lower(params, members, self.split.arrays).compile()
+            return
         carry = self._empty()
         self._first.compile(carry, (params, members))
         references = jax.eval_shape(self._reference, carry[0], carry[1])
@@ -157,9 +212,12 @@ class TrainSet(Evaluator):
 
     def __call__(self, params, inputs: Results) -> Results:
         consts = (params, self.model.hyper)
-        stats, block_stats, sums = self._first(self._empty(), consts)
-        references = self._reference(stats, block_stats)
-        final, blocks = self._second(self._empty_second(stats, block_stats), consts + references)
+        if self._both is not None:
+            (stats, block_stats, sums), references, (final, blocks) = self._both(*consts, self.split.arrays)
+        else:
+            stats, block_stats, sums = self._first(self._new(), consts)
+            references = self._reference(stats, block_stats)
+            final, blocks = self._second(self._new_second(stats, block_stats), consts + references)
         weight, bias = self.model.classifiers(params)
         stats, block_stats, sums, final, blocks = jax.device_get((stats, block_stats, sums, final, blocks))
         with warnings.catch_warnings(record=True) as undefined:
@@ -207,6 +265,7 @@ class TestSet(Evaluator):
         shapes = jax.eval_shape(forward, model.abstract_params, model.hyper,
                                 jax.ShapeDtypeStruct((1, *split.host[0].shape[1:]), split.host[0].dtype))
         self._width = shapes[1].shape[-1]
+        self._new = jax.jit(self._empty)
 
     def _empty(self):
         stats = collapse.empty_stats(self.k, self._width, (self.model.members,), scatter=False)
@@ -223,7 +282,7 @@ class TestSet(Evaluator):
 
     def __call__(self, params, inputs: Results) -> Results:
         sums, stats, second = jax.device_get(
-            self._pass(self._empty(), (params, self.model.hyper, inputs["train_reference"])))
+            self._pass(self._new(), (params, self.model.hyper, inputs["train_reference"])))
         loss, accuracy = _rates(sums)
         count = np.maximum(np.asarray(second.count, np.float64), 1)
         with warnings.catch_warnings():
@@ -255,14 +314,14 @@ class Penalty(Evaluator):
     def __init__(self, model: Model, train_config: ml_collections.ConfigDict, l2s: Sequence[float]):
         self.model = model
         self.l2s = np.asarray([train.penalty_factor(train_config) * float(v) for v in l2s], np.float64)
-        self._penalty = jax.jit(jax.vmap(_penalty(model, train_config)))
         c = train_config
-        self._per_block = jax.jit(jax.vmap(lambda params: objective.block_penalties(
-            params, c.l2_exclude, which=c.l2_params)))
+        penalty = jax.vmap(_penalty(model, train_config))
+        per_block = jax.vmap(lambda params: objective.block_penalties(params, c.l2_exclude, which=c.l2_params))
+        self._penalties = jax.jit(lambda params, members: (penalty(params, members), per_block(params)))
 
     def __call__(self, params, inputs: Results) -> Results:
-        penalties = np.asarray(self._penalty(params, self.model.hyper), np.float64)
-        blocks = np.asarray(self._per_block(params), np.float64)  # [M, L]
+        penalties, blocks = jax.device_get(self._penalties(params, self.model.hyper))  # one program, one fetch
+        penalties, blocks = np.asarray(penalties, np.float64), np.asarray(blocks, np.float64)  # [M], [M, L]
         depths = [int(d) for d in self.model.depths]
         return dict(l2_penalty=penalties, objective=np.asarray(inputs["train_loss"]) + self.l2s * penalties,
                     block_l2_per_block=[[float(v) for v in blocks[m, :d]] for m, d in enumerate(depths)],

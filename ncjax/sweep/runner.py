@@ -4,11 +4,13 @@ Per group: restore the latest intact checkpoint (before any file is written: a b
 checkpoint changes nothing), drop records past it, measure a step that was saved but
 not yet evaluated (a kill between the two), then :func:`ncjax.loop.train_blocks` with
 two hooks: save all members in one Orbax step, and measure them and write their
-metrics lines. A kill at any instant resumes to the same result.
+metrics lines (single-process: both in a worker thread, on copies, while the next blocks
+train: :class:`ncjax.loop.Background`). A kill at any instant resumes to the same result.
 """
 
 from __future__ import annotations
 
+import jax
 import ml_collections
 from etils.epath import Path
 
@@ -34,11 +36,16 @@ def _train_group(setup: groups.GroupSetup, stop: loop.StopFlag) -> None:
         records.truncate(run, start)
     evaluations = dashboard.Evaluations(setup.runs, setup.hparams())
 
-    def evaluate(step: int, params) -> None:
-        lines = setup.measure(step, params)
+    def evaluate(step: int, params, diverged=None) -> None:
+        lines = setup.measure(step, params, diverged)
         for run, line in zip(setup.runs, lines):
             records.write_metrics(run, [line])
         evaluations.add(lines, last=step == setup.total_steps)
+
+    def evaluate_later(step: int, params):
+        """At a boundary: the evaluation to run beside the next blocks, with the members' divergence as now."""
+        diverged = setup.diverged.copy()
+        return lambda: evaluate(step, params, diverged)
 
     try:
         _measure_missing(setup, start, state, evaluate)
@@ -53,7 +60,10 @@ def _train_group(setup: groups.GroupSetup, stop: loop.StopFlag) -> None:
                                                                  c.evaluate.final_points, c.log_every_steps))
         writers = dashboard.train_writers(setup.runs)
         log = loop.TrainLog(setup.runs, cadence, setup.diverged, writers=writers)
+        later = jax.process_count() == 1  # beside the next blocks (single-process: loop.Background)
         hooks = loop.Hooks(save=setup.save, evaluate=lambda step, state: evaluate(step, state.params),
+                           save_later=setup.save_later if later else None,
+                           evaluate_later=evaluate_later if later else None,
                            preempted=setup.checkpoints.reached_preemption, wait=setup.checkpoints.wait)
         bar = loop.progress_bar(setup.total_steps, start, setup.group.name, c.progress)
         try:
