@@ -84,7 +84,7 @@ def data(c: dict) -> str:
 
 def length(c: dict, step: int | None, epoch: float | None) -> str:
     t = c.get("train", {})
-    trained = (f"{step:,} steps ({epoch:.3g} epochs)" if step is not None and epoch is not None
+    trained = (f"{step:,} steps ({_epochs(epoch)} epochs)" if step is not None and epoch is not None
                else f"{_text(t['steps'])} steps" if t.get("steps") else f"{_text(t.get('epochs'))} epochs")
     return f"{trained}, batch {_text(t.get('batch_size'))}"
 
@@ -106,6 +106,11 @@ def optimiser(c: dict) -> str:
     if t.get("schedule") == "warmup_cosine":  # warm-up steps count only in this schedule (ncjax.train)
         schedule = f"{_text(t.get('warmup_steps'))} warm-up steps + {schedule}"
     return f"{name}, lr {_text(t.get('learning_rate'))} {schedule}"
+
+
+def _epochs(epoch: float) -> str:
+    """'5,000' (not '5e+03') for many epochs, '2.5' for a fraction of a few."""
+    return f"{epoch:,.0f}" if epoch >= 100 or float(epoch).is_integer() else f"{epoch:.3g}"
 
 
 def describe(config: dict, values: dict[str, Any], step: int | None = None, epoch: float | None = None) -> list[str]:

@@ -64,9 +64,9 @@ def readable_log_ticks(axis) -> None:
     low, high = sorted(axis.get_view_interval())
     decades = math.log10(high / low) if low > 0 and high > 0 else 0.0
     subs = ((1.0, 1.5, 2.0, 3.0, 5.0, 7.0) if decades < 1 else (1.0, 2.0, 5.0) if decades <= 2
-            else (1.0, 3.0) if decades <= 4 else (1.0,))
+            else (1.0, 3.0) if decades <= 3 else (1.0,))  # '10000' beside '30000' overlaps
     axis.set_major_locator(matplotlib.ticker.LogLocator(subs=subs))
-    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:,g}"))  # 10,000
     axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
 
 
