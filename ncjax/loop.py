@@ -211,8 +211,11 @@ class Background:
 
 
 def parameters_copy(tree):
-    """A device copy of ``tree`` (parameters, or a whole state) that the next block's donation leaves alone."""
-    return jax.tree.map(jnp.copy, tree)
+    """A device copy of ``tree`` (parameters, or a whole state) that the next block's donation leaves alone.
+
+    Waited for: the copy reads the buffers the next block donates, so it must be done before that block
+    is dispatched (the suite once aborted on a loaded CPU while a copy was in flight beside the next block)."""
+    return jax.block_until_ready(jax.tree.map(jnp.copy, tree))
 
 
 def progress_bar(total: int, initial: int, name: str, enabled: bool):
