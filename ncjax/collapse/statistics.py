@@ -18,7 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 
 HIGHEST = jax.lax.Precision.HIGHEST
-SPLIT_GRAM = 256  # from this width on, xᵀx is formed from its upper blocks (3/4 of the multiply-adds)
+SPLIT_GRAM = 256  # from this width on, xᵀx is formed from its upper blocks (2/3 of the multiply-adds)
+GRAM_PARTS = 3
 
 
 class ClassStats(NamedTuple):
@@ -97,18 +98,23 @@ def first_rows(labels: jax.Array, valid: jax.Array, num_classes: int) -> jax.Arr
 def column_gram(x: jax.Array) -> jax.Array:
     """``xᵀx`` [D, D] of ``x`` [B, D] in float32, exactly symmetric.
 
-    From D = :data:`SPLIT_GRAM` on, from two GEMMs over its upper blocks, ``x₁ᵀ[x₁ x₂]`` and
-    ``x₂ᵀx₂`` (the lower-left block is the transpose of the upper-right): 3/4 of the N·D²
-    multiply-adds of the full product, each GEMM still large enough to run at the
-    machine's matmul rate (on a 2-core CPU, D = 512, B = 1,024: 0.79× the full product's time).
+    From D = :data:`SPLIT_GRAM` on, from the upper triangle of :data:`GRAM_PARTS` × :data:`GRAM_PARTS`
+    column blocks, one GEMM per block row (``x_iᵀ[x_i … x_p]``), the lower blocks their transposes:
+    with three parts 2/3 of the N·D² multiply-adds of the full product, each GEMM still large enough
+    to run at the machine's matmul rate (2-core CPU, B = 1,000: 0.64 to 0.74 of the full product's
+    time for D = 256 to 1,024; two parts gave 0.75 to 0.89, four 0.72 to 0.86).
     """
     d = x.shape[-1]
     if d < SPLIT_GRAM:
         return jnp.dot(x.T, x, precision=HIGHEST)
-    half = d // 2
-    top = jnp.dot(x[:, :half].T, x, precision=HIGHEST)  # [h, D]: x₁ᵀx₁ and x₁ᵀx₂
-    low = jnp.dot(x[:, half:].T, x[:, half:], precision=HIGHEST)  # [D − h, D − h]: x₂ᵀx₂
-    return jnp.concatenate([top, jnp.concatenate([top[:, half:].T, low], 1)], 0)
+    cuts = [round(i * d / GRAM_PARTS) for i in range(GRAM_PARTS + 1)]
+    rows = [jnp.dot(x[:, cuts[i]:cuts[i + 1]].T, x[:, cuts[i]:], precision=HIGHEST)  # [d_i, D − c_i]
+            for i in range(GRAM_PARTS)]
+    blocks = [[rows[i][:, cuts[j] - cuts[i]:cuts[j + 1] - cuts[i]] if j >= i else None
+               for j in range(GRAM_PARTS)] for i in range(GRAM_PARTS)]
+    return jnp.concatenate([jnp.concatenate([blocks[i][j] if j >= i else blocks[j][i].T
+                                             for j in range(GRAM_PARTS)], 1)
+                            for i in range(GRAM_PARTS)], 0)
 
 
 def _accumulate_one(stats: ClassStats, features: jax.Array, labels: jax.Array) -> ClassStats:
@@ -122,7 +128,7 @@ def _accumulate_one(stats: ClassStats, features: jax.Array, labels: jax.Array) -
     that are small, so no large raw second moments are formed and exactly
     collapsed classes give an exactly zero scatter. Both terms are Gram matrices
     (``s sᵀ/n = aᵀa`` with ``a = s/√n``), formed by :func:`column_gram`: the batch's one N·D²
-    GEMM (in two symmetric blocks), not one per class.
+    GEMM (its upper blocks), not one per class.
     """
     num_classes = stats.count.shape[-1]
     h = features.astype(jnp.float32)
