@@ -116,11 +116,22 @@ def _accumulate_second_one(second: SecondPassStats, ref: Reference, features, la
     valid = valid_rows(labels, num_classes)
     safe = jnp.where(valid, labels, 0)
     global_mean = ref.global_mean
+    classifier = second.nc4_mismatch is not None
+    w = weight.astype(jnp.float32) if classifier else None
+    # On the scatter route without the caller's logits, one GEMM projects h − μ_G on the centred means and on
+    # the classifier's rows together: the nearest centre, the logits (less a per-class constant) and the
+    # numerators of nc3_cos, instead of two skinny GEMMs and a gather of W's rows.
+    together = ref.gram is None and classifier and logits is None
+    to_rows = None
     if ref.gram is not None:
         z = jnp.dot(h - ref.mean[safe], ref.centred.T, precision=HIGHEST)  # M̃(h − μ_y): [B, K]
         to_centres = z + ref.gram[safe]  # M̃(h − μ_G)
         zm = z * valid[:, None]
         projected = second.projected + column_gram(zm)
+    elif together:
+        both = jnp.dot(h - global_mean, jnp.concatenate([ref.centred, w]).T, precision=HIGHEST)  # [B, 2K]
+        to_centres, to_rows = both[:, :num_classes], both[:, num_classes:]  # M̃(h − μ_G), W(h − μ_G)
+        projected = None
     else:
         to_centres = jnp.dot(h - global_mean, ref.centred.T, precision=HIGHEST)
         projected = None
@@ -134,17 +145,22 @@ def _accumulate_second_one(second: SecondPassStats, ref: Reference, features, la
         nc4_mismatch=None,
         nc3_cos_sum=None,
     )
-    if second.nc4_mismatch is None:
+    if not classifier:
         return out
-    w = weight.astype(jnp.float32)
-    if logits is None:
-        logits = jnp.dot(h, w.T, precision=HIGHEST) + bias.astype(jnp.float32)
+    centred_h = h - global_mean
+    if together:  # hWᵀ + b = W(h − μ_G) + (Wμ_G + b)
+        logits = to_rows + (jnp.dot(w, global_mean, precision=HIGHEST) + bias.astype(jnp.float32))
+        inner = jnp.take_along_axis(to_rows, safe[:, None], 1)[:, 0]  # ⟨h − μ_G, w_y⟩
+        row_norms = jnp.linalg.norm(w, axis=-1)[safe]
+    else:
+        if logits is None:
+            logits = jnp.dot(h, w.T, precision=HIGHEST) + bias.astype(jnp.float32)
+        row = w[safe]
+        inner, row_norms = jnp.sum(centred_h * row, -1), jnp.linalg.norm(row, axis=-1)
     predicted = first_argmax(jnp.where(ref.present, logits.astype(jnp.float32), -jnp.inf))
     mismatch = jnp.sum(valid & (predicted != nearest), dtype=jnp.int32)
-    row = w[safe]
-    centred_h = h - global_mean
-    norms = jnp.linalg.norm(centred_h, axis=-1) * jnp.linalg.norm(row, axis=-1)
-    cos = jnp.sum(centred_h * row, -1) / jnp.where(norms > 0, norms, 1.0)  # 0 where h = μ_G or w_y = 0
+    norms = jnp.linalg.norm(centred_h, axis=-1) * row_norms
+    cos = inner / jnp.where(norms > 0, norms, 1.0)  # 0 where h = μ_G or w_y = 0
     return out._replace(nc4_mismatch=second.nc4_mismatch + mismatch,
                         nc3_cos_sum=second.nc3_cos_sum + jnp.sum(jnp.where(valid, cos, 0.0)))
 
