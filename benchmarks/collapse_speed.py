@@ -478,7 +478,8 @@ def measure_case(case: str, repeats: int, rhubarbwu: str | None, reference_resul
                      f"{median(net('gemm', r) / net(impl, r) for r in rounds):.2f}")
         else:
             line += "   ncjax faster by: " + ", ".join(
-                f"{name} {median(net(impl, r) / net(j, r) for r in rounds):.2f}x"
+                f"{name} {median(net(impl, r) / net(j, r) for r in rounds):.2f}x "
+                f"(CPU time {median(net(impl, r, 'cpu') / net(j, r, 'cpu') for r in rounds):.2f}x)"
                 for j, name in (("readme", "README API"), ("ncjax", "measure_batches")) if j in impls)
         if reference_result is not None and results[impl]:
             worst, where = largest_difference(results[impl], reference_result)
