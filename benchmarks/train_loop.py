@@ -7,8 +7,11 @@ device (``Program.step``), and their ratio. Compilation is excluded from both: t
 programs are compiled before the clock starts. Each line gives a second ratio, of the trainer
 run again with the evaluator not called (every checkpoint's line holds the run's identity
 alone): evaluation is measurement the config asks for (every 500 steps in the default
-configs, and at the end), the rest is the loop's own cost. Evaluations run in a worker thread
-beside the next blocks (``ncjax.loop.Background``); the last one, at the end, is waited for. The whole depth panel, end to end and
+configs, at about 10 log-spaced steps and at the last 3 log steps), the rest is the loop's own
+cost. A third ratio is the trainer's compiled blocks alone, run back to back with no host work
+(the loop's floor: how the scanned block compares with the bare step). Saves and evaluations
+run in a worker thread beside the next blocks (``ncjax.loop.Background``); the last
+evaluation, at the end, is waited for. The whole depth panel, end to end and
 extrapolated to 5,000 epochs, is ``benchmarks/panel.py``.
 
     python benchmarks/train_loop.py                      # every case
@@ -101,6 +104,23 @@ def trainer_steps_per_s(group_run: groups.GroupSetup, evaluation: bool = True) -
     return group_run.total_steps / (time.perf_counter() - start)
 
 
+def blocks_steps_per_s(group_run: groups.GroupSetup) -> float:
+    """The trainer's compiled blocks alone, at the cadence's block lengths, with no host work between them
+    (no logs, saves or evaluations): the floor of the loop, and how the scanned block compares with the
+    bare step."""
+    program, c = group_run.program, group_run.config
+    cadence = loop.Cadence(group_run.total_steps, c.log_every_steps, c.checkpoint.every_steps, c.steps_per_call)
+    state, carry = program.init(), program.carry(0)
+    jax.block_until_ready(state)
+    start, step = time.perf_counter(), 0
+    while step < group_run.total_steps:
+        length = cadence.next_boundary(step) - step
+        state, carry, _ = program.run_block(state, carry, step, length)
+        step += length
+    jax.block_until_ready(state)
+    return group_run.total_steps / (time.perf_counter() - start)
+
+
 def run_case(name: str, repeats: int, bare_steps: int) -> None:
     """The trainer with evaluation, without it, and the bare step, measured alternately ``repeats`` times:
     the ratios (medians of per-repeat ratios) are robust to a machine whose load drifts (a fresh workdir
@@ -111,7 +131,7 @@ def run_case(name: str, repeats: int, bare_steps: int) -> None:
     config = ncjax_config.resolve(config, dataset)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     feed = data.feed.choose(config.data.placement, dataset, config.train.batch_size, mesh)
-    loops, loops_without_evaluation, bares = [], [], []
+    loops, loops_without_evaluation, bares, blocks = [], [], [], []
     for _ in range(repeats):
         for evaluation, rates in ((True, loops), (False, loops_without_evaluation)):
             with tempfile.TemporaryDirectory() as workdir:
@@ -120,15 +140,18 @@ def run_case(name: str, repeats: int, bare_steps: int) -> None:
                     rates.append(trainer_steps_per_s(group_run, evaluation))
                     if evaluation:
                         bares.append(bare_steps_per_s(group_run, dataset, 1, bare_steps))
+                    else:
+                        blocks.append(blocks_steps_per_s(group_run))
                 finally:
                     group_run.close()
-    ratio = statistics.median(np.divide(loops, bares))
-    ratio_loop = statistics.median(np.divide(loops_without_evaluation, bares))
+    median = lambda values: statistics.median(list(values))  # noqa: E731
     print(f"{name:8s} depth {config.depths[0]:3d} seeds {len(config.seeds)} width {config.model.width} "
-          f"batch {config.train.batch_size}: trainer {statistics.median(loops):8.1f} steps/s  "
-          f"bare step {statistics.median(bares):8.1f} steps/s  ratio {ratio:.3f}  "
-          f"(without evaluation: {statistics.median(loops_without_evaluation):8.1f} steps/s, ratio {ratio_loop:.3f}; "
-          f"load average {os.getloadavg()[0]:.1f})", flush=True)
+          f"batch {config.train.batch_size}: trainer {median(loops):8.1f} steps/s  "
+          f"bare step {median(bares):8.1f} steps/s  ratio {median(np.divide(loops, bares)):.3f}  "
+          f"(without evaluation: {median(loops_without_evaluation):.1f} steps/s, ratio "
+          f"{median(np.divide(loops_without_evaluation, bares)):.3f}; the blocks alone: {median(blocks):.1f} "
+          f"steps/s, ratio {median(np.divide(blocks, bares)):.3f}; load average {os.getloadavg()[0]:.1f})",
+          flush=True)
 
 
 def main(argv=None) -> None:
