@@ -143,9 +143,9 @@ def test_readme_loop_at_width_300_matches_float64(noise, offset):
     assert_close(measured, got, rtol=1e-5, atol=1e-9)
 
 
-def test_small_batches_are_padded_to_their_own_size_and_a_ragged_tail_compiles_nothing():
-    """update/update_second pad a 96-row batch to 128 rows (not the 1,024 of a piece), and the
-    36-row last batch reuses that program."""
+def test_small_batches_run_at_their_own_size_and_a_ragged_tail_compiles_nothing():
+    """update/update_second run a 96-row batch as it is (not padded to the 1,024 rows of a piece), and
+    the 36-row last batch reuses that program; sizes beyond BATCH_SIZES round up to powers of two."""
     h, y, w, b = mixture(48, k=5, d=24, n_per_class=84)  # 420 rows: 4 × 96 + 36
     streaming._batch_pieces.clear()
     before = (streaming._pass1._cache_size(), streaming._pass2._cache_size())
@@ -154,10 +154,12 @@ def test_small_batches_are_padded_to_their_own_size_and_a_ragged_tail_compiles_n
         stats = collapse.update(stats, h[i:i + 96], y[i:i + 96], 5)
     for i in range(0, y.size, 96):
         second = collapse.update_second(second, stats, h[i:i + 96], y[i:i + 96], weight=w, bias=b)
-    assert streaming._batch_pieces[("pass1", (), 24, 5)] == {128}
-    assert streaming._batch_pieces[("pass2", (), 24, 5)] == {128}
+    assert streaming._batch_pieces[("pass1", (), 24, 5)] == {96}
+    assert streaming._batch_pieces[("pass2", (), 24, 5)] == {96}
     assert (streaming._pass1._cache_size(), streaming._pass2._cache_size()) <= (before[0] + 1, before[1] + 1)
     assert_close(collapse.metrics(stats, w, b, second=second), reference_metrics(h, y, 5, w, b), rtol=2e-4)
+    sizes = [streaming.batch_piece_rows("test", rows, (), 24, 5) for rows in (100, 50, 200, 300, 400, 500, 450)]
+    assert sizes == [100, 100, 200, 300, 400, 512, 512]  # the fifth new size is a power of two, then reused
 
 
 def test_many_classes_scatter_sums_and_tiled_pairs(monkeypatch):

@@ -54,23 +54,26 @@ def piece_rows(lead_size: int, dim: int, num_classes: int) -> int:
 
 
 _batch_pieces: dict[tuple, set[int]] = {}  # piece sizes already used per (pass, shapes): compiled programs
+BATCH_SIZES = 4  # distinct batch-sized programs per pass and shapes; beyond, powers of two
 
 
 def batch_piece_rows(kind: str, rows: int, lead: tuple[int, ...], dim: int, num_classes: int) -> int:
     """Rows per piece for one batch of ``rows`` rows handed to :func:`update` or :func:`update_second`.
 
-    :func:`piece_rows` bounds it; below that, a batch is padded to the smallest piece size already
-    compiled for these shapes that holds it, else to the next power of two: batches of 96 rows run
-    in pieces of 128 (not 1,024: eight times the arithmetic), and a ragged last batch reuses the
-    program of the batches before it instead of compiling one of its own.
+    :func:`piece_rows` bounds it. Below that a batch runs as it is, in a program of its own size (no
+    padded copy: a loop of 1,000-row batches hands each batch over whole), unless a program already
+    compiled for these shapes holds it: then it is padded to the smallest such (a ragged last batch
+    reuses the program of the batches before it). After :data:`BATCH_SIZES` sizes, new sizes round up
+    to powers of two, so the number of compilations stays bounded whatever the batches.
     """
     cap = piece_rows(int(np.prod(lead, dtype=int)), dim, num_classes)
-    need = 1 << max(4, (max(rows, 1) - 1).bit_length())
-    if need >= cap:
+    if rows >= cap:
         return cap
     used = _batch_pieces.setdefault((kind, lead, dim, num_classes), set())
-    fits = [size for size in used if need <= size <= cap]
-    size = min(fits) if fits else need
+    fits = [size for size in used if rows <= size]
+    if fits:
+        return min(fits)
+    size = max(rows, 16) if len(used) < BATCH_SIZES else min(cap, 1 << max(4, (rows - 1).bit_length()))
     used.add(size)
     return size
 
