@@ -1,5 +1,6 @@
 """The front door: one command-line convention for every entry point, and a redraw that loads no training code."""
 
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,9 @@ def test_every_entry_point_answers_help(module):
 
 def test_help_lists_the_installed_configs_and_their_presets():
     text = _command("-m", "ncjax.main", "--help").stdout
-    assert "vit_depth.py: default|quick|paper" in text and "shallow_snr.py: default|fine|quick" in text
+    for name in ("vit_depth", "shallow_snr", "continual"):  # each config's first group of presets, in order
+        presets = importlib.import_module(f"configs.{name}").PRESETS
+        assert f"{name}.py: " + "|".join(next(iter(presets.values()))) in text
 
 
 def test_redraw_takes_workdir_with_a_space_and_loads_no_training_code(tmp_path):
