@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ncjax import cli, config as ncjax_config, data, groups, loop, parallel, plan
@@ -121,6 +122,28 @@ def blocks_steps_per_s(group_run: groups.GroupSetup) -> float:
     return group_run.total_steps / (time.perf_counter() - start)
 
 
+def gathers_seconds(group_run: groups.GroupSetup) -> float | None:
+    """Seconds of the trainer's batch gathers alone over its steps (the device feed's ``batch``: each
+    step's rows gathered from the resident training set, the epoch's permutation when it changes), in one
+    compiled scan; None for a host feed."""
+    program, feed = group_run.program, group_run.program.feed
+    if not feed.on_device:
+        return None
+    seeds = program.hyper.seed
+
+    @jax.jit
+    def gathers(carry, arrays):
+        def body(carry, step):
+            (x, y), carry = feed.batch(arrays, carry, (), seeds, step, step)
+            return carry, jnp.sum(x) + jnp.sum(y)
+        return jax.lax.scan(body, carry, jnp.arange(group_run.total_steps))[1]
+
+    jax.block_until_ready(gathers(program.carry(0), feed.arrays))  # compiles
+    start = time.perf_counter()
+    jax.block_until_ready(gathers(program.carry(0), feed.arrays))
+    return time.perf_counter() - start
+
+
 def run_case(name: str, repeats: int, bare_steps: int) -> None:
     """The trainer with evaluation, without it, and the bare step, measured alternately ``repeats`` times:
     the ratios (medians of per-repeat ratios) are robust to a machine whose load drifts (a fresh workdir
@@ -131,7 +154,7 @@ def run_case(name: str, repeats: int, bare_steps: int) -> None:
     config = ncjax_config.resolve(config, dataset)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
     feed = data.feed.choose(config.data.placement, dataset, config.train.batch_size, mesh)
-    loops, loops_without_evaluation, bares, blocks = [], [], [], []
+    loops, loops_without_evaluation, bares, blocks, gathered = [], [], [], [], []
     for _ in range(repeats):
         for evaluation, rates in ((True, loops), (False, loops_without_evaluation)):
             with tempfile.TemporaryDirectory() as workdir:
@@ -142,6 +165,7 @@ def run_case(name: str, repeats: int, bare_steps: int) -> None:
                         bares.append(bare_steps_per_s(group_run, dataset, 1, bare_steps))
                     else:
                         blocks.append(blocks_steps_per_s(group_run))
+                        gathered.append(gathers_seconds(group_run))
                 finally:
                     group_run.close()
     median = lambda values: statistics.median(list(values))  # noqa: E731
@@ -152,6 +176,10 @@ def run_case(name: str, repeats: int, bare_steps: int) -> None:
           f"{median(np.divide(loops_without_evaluation, bares)):.3f}; the blocks alone: {median(blocks):.1f} "
           f"steps/s, ratio {median(np.divide(blocks, bares)):.3f}; load average {os.getloadavg()[0]:.1f})",
           flush=True)
+    if gathered[0] is not None:
+        bare_time = config.train.steps / median(bares)
+        print(f"{'':8s} its {config.train.steps} steps' batch gathers alone (one scan): {median(gathered):.3f} s, "
+              f"{median(gathered) / bare_time:.3f} of the bare steps' time", flush=True)
 
 
 def main(argv=None) -> None:
