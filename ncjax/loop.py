@@ -256,7 +256,7 @@ def train_blocks(program, state, start: int, cadence: Cadence, log: TrainLog, ho
                 break  # nothing left to train or to save
             if preempted and background is not None:
                 background.wait()  # the saves and evaluations of earlier boundaries first
-            if (due.checkpoint or preempted) and hooks.save_later is not None and not preempted:
+            if due.checkpoint and hooks.save_later is not None and not preempted:
                 background.submit(hooks.save_later(step, state))
             elif due.checkpoint or preempted:
                 hooks.save(step, state)

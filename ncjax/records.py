@@ -185,12 +185,13 @@ def atomic_write(path: Path, content: str | bytes) -> None:
 
     Locally: a temporary file, then one rename. On an object store: one upload (an object appears or is
     replaced whole when its upload completes; a rename there is a copy and a delete, not atomic)."""
+    data = content if isinstance(content, bytes) else content.encode()
     if is_object_store(path):
-        Path(path).write_bytes(content) if isinstance(content, bytes) else Path(path).write_text(content)
+        Path(path).write_bytes(data)
         return
     tmp = Path(path).parent / (Path(path).name + ".tmp")
     try:
-        tmp.write_bytes(content) if isinstance(content, bytes) else tmp.write_text(content)
+        tmp.write_bytes(data)
         tmp.replace(path)
     except BaseException:
         if tmp.exists():

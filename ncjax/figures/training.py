@@ -81,7 +81,7 @@ def against_steps(lines_of: dict[tuple, list[list[dict]]], axes: list[str], path
     if len(metrics) < axs.size:
         axs.flat[len(metrics)].legend(handles, labels, loc="center", frameon=False, ncol=1 + len(points) // 10)
     else:
-        fig.legend(handles, labels, loc="outside right upper", frameon=False)
+        fig.legend(handles, labels, loc="outside right center", frameon=False)
     caption = ["collapse during training: geometric mean over seeds (arithmetic for accuracies)",
                "band: min–max over seeds"] + [f"{count(failed, 'failed run')} left out"] * bool(failed)
     fig.suptitle(title(setup, caption, fig.get_figwidth()))
