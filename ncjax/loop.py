@@ -176,8 +176,7 @@ class Background:
     data, host float64 finishing, file writes) are, on a CPU, much waiting: dispatch,
     device-to-host copies, small host problems, file systems. The next blocks of steps fill it.
     At most ``limit`` jobs are in flight (each holds a copy of the parameters or the state); a new
-    one first waits for the oldest beyond that. Single-process only: under ``jax.distributed`` the
-    hosts must launch their collectives in the same order, which two threads would not keep.
+    one first waits for the oldest beyond that. Only where :func:`background_safe` says so.
     """
 
     def __init__(self, limit: int = 3):
@@ -210,11 +209,21 @@ class Background:
             self._pool.shutdown(wait=True)
 
 
+def background_safe(mesh: jax.sharding.Mesh) -> bool:
+    """Whether a worker thread may run device programs beside the training's: only on a one-device mesh.
+
+    Programs over several devices hold collectives, and two threads launching them interleave their
+    devices' parts in different orders: each device waits in a rendezvous the other thread's program
+    holds, until XLA aborts the process (the suite did, on 8 host devices and a loaded CPU). Across
+    hosts (``jax.distributed``) the processes must also launch their collectives in one order."""
+    return jax.process_count() == 1 and mesh.size == 1
+
+
 def parameters_copy(tree):
     """A device copy of ``tree`` (parameters, or a whole state) that the next block's donation leaves alone.
 
     Waited for: the copy reads the buffers the next block donates, so it must be done before that block
-    is dispatched (the suite once aborted on a loaded CPU while a copy was in flight beside the next block)."""
+    is dispatched."""
     return jax.block_until_ready(jax.tree.map(jnp.copy, tree))
 
 

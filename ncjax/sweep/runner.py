@@ -4,13 +4,12 @@ Per group: restore the latest intact checkpoint (before any file is written: a b
 checkpoint changes nothing), drop records past it, measure a step that was saved but
 not yet evaluated (a kill between the two), then :func:`ncjax.loop.train_blocks` with
 two hooks: save all members in one Orbax step, and measure them and write their
-metrics lines (single-process: both in a worker thread, on copies, while the next blocks
+metrics lines (on one device: both in a worker thread, on copies, while the next blocks
 train: :class:`ncjax.loop.Background`). A kill at any instant resumes to the same result.
 """
 
 from __future__ import annotations
 
-import jax
 import ml_collections
 from etils.epath import Path
 
@@ -60,7 +59,7 @@ def _train_group(setup: groups.GroupSetup, stop: loop.StopFlag) -> None:
                                                                  c.evaluate.final_points, c.log_every_steps))
         writers = dashboard.train_writers(setup.runs)
         log = loop.TrainLog(setup.runs, cadence, setup.diverged, writers=writers)
-        later = jax.process_count() == 1  # beside the next blocks (single-process: loop.Background)
+        later = loop.background_safe(setup.program.mesh)  # beside the next blocks (loop.Background)
         hooks = loop.Hooks(save=setup.save, evaluate=lambda step, state: evaluate(step, state.params),
                            save_later=setup.save_later if later else None,
                            evaluate_later=evaluate_later if later else None,
