@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ncjax import cli, config as ncjax_config, data, groups, loop, parallel, plan
+from ncjax import cli, data, groups, loop, parallel
 from ncjax.sweep import runner
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +62,7 @@ def case_config(name: str):
     c.model.width, c.train.batch_size = size["width"], size["batch"]
     c.data.n_per_class = None  # all embedded training images
     c.train.steps, c.progress = steps, False
+    c.pack = False  # one depth: nothing to pack
     return c
 
 
@@ -149,16 +150,15 @@ def run_case(name: str, repeats: int, bare_steps: int) -> None:
     the ratios (medians of per-repeat ratios) are robust to a machine whose load drifts (a fresh workdir
     and GroupSetup each time; the compilation cache makes that cheap)."""
     config = case_config(name)
-    ncjax_config.validate(config)
-    dataset = data.load(config.data, seed=0)
-    config = ncjax_config.resolve(config, dataset)
     mesh = parallel.make_mesh(config.mesh.data, config.mesh.fsdp)
-    feed = data.feed.choose(config.data.placement, dataset, config.train.batch_size, mesh)
+    sweep = groups.SweepGroups(config, mesh)  # as the runner: the group's config carries its depth
+    group = sweep.groups[0]
+    config, dataset = sweep.prepare(group)
     loops, loops_without_evaluation, bares, blocks, gathered = [], [], [], [], []
     for _ in range(repeats):
         for evaluation, rates in ((True, loops), (False, loops_without_evaluation)):
             with tempfile.TemporaryDirectory() as workdir:
-                group_run = groups.GroupSetup(config, plan.groups(config)[0], dataset, feed, mesh, Path(workdir))
+                group_run = sweep.setup(group, Path(workdir))
                 try:
                     rates.append(trainer_steps_per_s(group_run, evaluation))
                     if evaluation:
@@ -168,8 +168,9 @@ def run_case(name: str, repeats: int, bare_steps: int) -> None:
                         gathered.append(gathers_seconds(group_run))
                 finally:
                     group_run.close()
+    sweep.close()
     median = lambda values: statistics.median(list(values))  # noqa: E731
-    print(f"{name:8s} depth {config.depths[0]:3d} seeds {len(config.seeds)} width {config.model.width} "
+    print(f"{name:8s} depth {config.model.depth:3d} seeds {len(config.seeds)} width {config.model.width} "
           f"batch {config.train.batch_size}: trainer {median(loops):8.1f} steps/s  "
           f"bare step {median(bares):8.1f} steps/s  ratio {median(np.divide(loops, bares)):.3f}  "
           f"(without evaluation: {median(loops_without_evaluation):.1f} steps/s, ratio "
