@@ -114,7 +114,9 @@ def one_run(tree: Path, mode: str, epochs: int) -> str:
     """The result line of this script on the ``ncjax`` package under ``tree``, for one mode, in a fresh process."""
     env = dict(os.environ, PYTHONPATH=str(tree))
     result = subprocess.run([sys.executable, __file__, f"--epochs={epochs}", f"--modes={mode}"], env=env, cwd=tree,
-                            capture_output=True, text=True, check=True)
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise SystemExit(f"the panel on {tree} failed:\n{result.stderr[-3000:]}")
     return next(line for line in result.stdout.splitlines() if RATE.search(line))
 
 

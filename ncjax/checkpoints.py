@@ -292,12 +292,22 @@ def _plain(error: BaseException, item: str | None = None) -> str:
 # ------------------------------------------------------------------ the checkpoints of a group
 
 
-class GroupCheckpoints:
-    """The checkpoints of one group, in ``<group folder>/checkpoints``."""
+_ONE_SAVE = threading.Lock()
 
-    def __init__(self, group_dir: Path | str, max_to_keep: int | None = None, read_only: bool = False):
+
+class GroupCheckpoints:
+    """The checkpoints of one group, in ``<group folder>/checkpoints``.
+
+    ``exclusive``: for groups trained at once in one process, whose saves must run one at a time, each to
+    its end: two Orbax managers saving at once collide in Orbax's temporary folders (a save failed with
+    "Directory not empty" beside another group's save of the same step).
+    """
+
+    def __init__(self, group_dir: Path | str, max_to_keep: int | None = None, read_only: bool = False,
+                 exclusive: bool = False):
         """``read_only``: for readers beside a possibly running trainer (no clean-up, no folder creation)."""
         _install_quiet()
+        self._exclusive = exclusive
         self.directory = Path(group_dir) / CHECKPOINTS
         if read_only:  # only what a reader may set: Orbax warns about every option it has to override
             options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False,
@@ -323,7 +333,7 @@ class GroupCheckpoints:
         returns (``meta["digests"]`` is set here: the key is reserved)."""
         if step in self._manager.all_steps():  # a step is a deterministic function of its number
             return
-        with self._write_errors():
+        with _ONE_SAVE if self._exclusive else contextlib.nullcontext(), self._write_errors():
             self._empty_trash()
             stored = dict(meta)
             stored[DIGESTS] = dict(params=tree_digests(params), opt_state=tree_digests(opt_state))
@@ -331,6 +341,8 @@ class GroupCheckpoints:
             self._manager.save(step, args=ocp.args.Composite(
                 params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
                 meta=ocp.args.JsonSave(stored)), force=True)
+            if self._exclusive:
+                self._manager.wait_until_finished()
 
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, dict]:
         """(params, opt_state, meta) of ``step``, laid out as the abstract trees' shardings, verified against

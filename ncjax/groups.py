@@ -57,7 +57,8 @@ class GroupSetup:
     """One group ready to train or to be measured (``config``: the group's, resolved against ``dataset``)."""
 
     def __init__(self, config, group: plan.Group, dataset: data.Dataset, feed: feeds.Feed, mesh, workdir: Path,
-                 read_only: bool = False):
+                 read_only: bool = False, beside_others: bool = False):
+        """``beside_others``: other groups train at the same time in this process (their saves take turns)."""
         self.config, self.group, self.workdir = config, group, workdir
         t = config.train
         self.runs = [workdir / r.folder for r in group.runs]
@@ -69,7 +70,7 @@ class GroupSetup:
         self.program = train.Program(self.module, t, feed, mesh, self.total_steps, dataset.train_x[:1], self.hyper,
                                      packed=group.packed, inputs=dataset.inputs)
         self.checkpoints = checkpoints.GroupCheckpoints(workdir / group.name, config.checkpoint.max_to_keep,
-                                                        read_only=read_only)
+                                                        read_only=read_only, exclusive=beside_others)
         self._evaluator_args = (dataset, mesh, feed)
         self._evaluator: evaluate.GroupEvaluator | None = None
         self.diverged = np.zeros(len(group.runs), np.int64)  # diverged_at of every member; 0 = never
@@ -219,14 +220,27 @@ class SweepGroups:
                 "differently; train again in a new --workdir, or re-evaluate it with the ncjax that trained it "
                 "(nothing was changed)")
 
-    def setup(self, group: plan.Group, workdir: Path, read_only: bool = False) -> GroupSetup:
+    def _feed_key(self, group: plan.Group, config: ml_collections.ConfigDict) -> str:
+        return json.dumps([config.data.to_dict(), self._values(group), config.train.batch_size], sort_keys=True)
+
+    def one_device_feed(self) -> bool:
+        """Whether every group trains from one feed that lives on the device: a stateless feed (the batches are
+        a function of the step), which groups training at the same time may share."""
+        keys = {self._feed_key(group, self.prepare(group)[0]) for group in self.groups}
+        if len(keys) != 1:
+            return False
+        config, dataset = self.prepare(self.groups[0])
+        return feeds.on_device(config.data.placement, dataset, self.mesh)
+
+    def setup(self, group: plan.Group, workdir: Path, read_only: bool = False,
+              beside_others: bool = False) -> GroupSetup:
         """The group ready to run; consecutive groups on the same data share its feed (uploaded once)."""
         config, dataset = self.prepare(group)
-        key = json.dumps([config.data.to_dict(), self._values(group), config.train.batch_size], sort_keys=True)
+        key = self._feed_key(group, config)
         if self._feed is None or self._feed[0] != key:
             self.close()
             self._feed = key, feeds.choose(config.data.placement, dataset, config.train.batch_size, self.mesh)
-        return GroupSetup(config, group, dataset, self._feed[1], self.mesh, workdir, read_only)
+        return GroupSetup(config, group, dataset, self._feed[1], self.mesh, workdir, read_only, beside_others)
 
     def close(self) -> None:
         if self._feed is not None and hasattr(self._feed[1], "close"):

@@ -2,8 +2,10 @@
 
 One compiled call (:meth:`ncjax.train.Program.run_block`) runs a block of steps; the
 host acts only at the block boundaries a :class:`Cadence` sets (log, checkpoint,
-evaluation, end). The previous block's logs are written while the next block runs,
-so the device never waits for the host. A run (sweep group) or a task (continual)
+evaluation, end). Logs are written while the next block runs, so the device never
+waits for the host, and at most once per :data:`LOG_SECONDS` (every block since, in
+one transfer and one append per file) or at a save or an evaluation: short blocks of a
+small model otherwise spend as long in file appends as in their steps. A run (sweep group) or a task (continual)
 differ only in their hooks: what a save and an evaluation do.
 
 Preemption lives here too: :class:`StopFlag` turns SIGTERM into a stop at the next
@@ -17,6 +19,7 @@ import concurrent.futures
 import dataclasses
 import signal
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -29,6 +32,9 @@ from ncjax import records
 from ncjax.errors import Preempted
 
 
+LOG_SECONDS = 1.0  # the longest a written training log lags the steps (TensorBoard, train_log.jsonl)
+
+
 @dataclasses.dataclass(frozen=True)
 class Due:
     """What the host does at a block boundary."""
@@ -39,7 +45,7 @@ class Due:
 
     @property
     def host_work(self) -> bool:
-        """Whether the loop must stop and wait here (a log alone is written during the next block)."""
+        """Whether the loop must stop and wait here (logs alone are written during a later block)."""
         return self.checkpoint or self.evaluate
 
 
@@ -129,10 +135,12 @@ class TrainLog:
         self.runs, self.cadence, self.diverged = list(runs), cadence, diverged
         self.offset, self.fields, self.writers = offset, fields or {}, list(writers)
 
-    def __call__(self, start: int, logs: dict[str, Any]) -> None:
-        """The logs of the block that started at ``start`` (``{name: [T, M]}``, possibly still on the device)."""
-        logs = {k: np.asarray(v, np.float64) for k, v in jax.device_get(logs).items()}
-        local = start + 1 + np.arange(len(logs["loss"]))
+    def __call__(self, blocks: Sequence[tuple[int, dict[str, Any]]]) -> None:
+        """The logs of consecutive blocks, ``[(start, {name: [T, M]}), ...]`` (possibly still on the device):
+        one transfer, and one append per file."""
+        fetched = jax.device_get([logs for _, logs in blocks])
+        logs = {k: np.concatenate([np.asarray(block[k], np.float64) for block in fetched]) for k in fetched[0]}
+        local = blocks[0][0] + 1 + np.arange(len(logs["loss"]))
         steps = local + self.offset
         bad = ~(np.isfinite(logs["loss"]) & np.isfinite(logs["grad_norm"]))  # [T, M]
         for m in np.flatnonzero(bad.any(0) & (self.diverged == 0)):
@@ -236,21 +244,24 @@ def train_blocks(program, state, start: int, cadence: Cadence, log: TrainLog, ho
                  name: str, bar=None, extras=()) -> tuple[Any, int]:
     """Train ``program`` from ``start`` to ``cadence.end`` in blocks; returns ``(state, step)``.
 
-    At every boundary something is due at: the block's log, then a save (checkpoint due,
-    or preempted: then :class:`ncjax.errors.Preempted` after it), then an evaluation.
-    Stops early, after logging, once every member has diverged (``step`` < end then).
+    At every boundary a save or an evaluation is due at: the logs not yet written, then a save
+    (checkpoint due, or preempted: then :class:`ncjax.errors.Preempted` after it), then an
+    evaluation. Stops early, after logging, once every member has diverged (``step`` < end then;
+    seen when the logs are written).
     """
     later = hooks.evaluate_later is not None or hooks.save_later is not None
     background = Background() if later else None
     try:
         carry = program.carry(start)
-        step, pending = start, None
+        step, pending, written = start, [], time.monotonic()
         while step < cadence.end:
             length = cadence.next_boundary(step) - step
             state, carry, logs = program.run_block(state, carry, step, length, extras)
-            if pending is not None:  # the previous block's logs, while this block computes
-                log(*pending)
-            pending, step = (step, logs), step + length
+            if pending and time.monotonic() - written >= LOG_SECONDS:  # earlier blocks' logs, while this one computes
+                log(pending)
+                pending, written = [], time.monotonic()
+            pending.append((step, logs))
+            step += length
             if bar is not None:
                 bar.update(length)
             if background is not None:
@@ -259,8 +270,8 @@ def train_blocks(program, state, start: int, cadence: Cadence, log: TrainLog, ho
             preempted = stop.raised or hooks.preempted(step)
             if not (due.host_work or preempted) and not log.diverged.all():
                 continue
-            log(*pending)
-            pending = None
+            log(pending)
+            pending, written = [], time.monotonic()
             if log.diverged.all():
                 break  # nothing left to train or to save
             if preempted and background is not None:
@@ -276,8 +287,8 @@ def train_blocks(program, state, start: int, cadence: Cadence, log: TrainLog, ho
                 background.submit(hooks.evaluate_later(step, parameters_copy(state.params)))
             elif due.evaluate:
                 hooks.evaluate(step, state)
-        if pending is not None:
-            log(*pending)
+        if pending:
+            log(pending)
     finally:
         if background is not None:
             background.close()

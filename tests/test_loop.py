@@ -1,4 +1,5 @@
-"""The block loop's worker thread: when it may run, in what order, what it raises, and that it changes no result."""
+"""The block loop's worker thread and groups trained at once: when they may run, in what order, what they
+raise, and that they change no result."""
 
 import json
 import os
@@ -54,7 +55,7 @@ def test_a_failed_job_is_raised_at_the_next_check_and_close_waits_for_the_rest()
 
 
 _BOTH_WAYS = """
-import json, sys
+import json, sys, threading
 from ncjax import loop
 from ncjax.configs import resnet_depth
 from ncjax.sweep import runner
@@ -67,14 +68,16 @@ def sweep(workdir):
 
 jobs, submit = [], loop.Background.submit
 loop.Background.submit = lambda self, work: (jobs.append(work), submit(self, work))[1]
-sweep(sys.argv[1])  # one device: saves and evaluations in the worker thread
-print(f"worker jobs: {len(jobs)}")
+threads, train_one = set(), runner._train_one
+runner._train_one = lambda *args: (threads.add(threading.current_thread().name), train_one(*args))[1]
+sweep(sys.argv[1])  # one device: two groups at once, saves and evaluations in worker threads
+print(f"worker jobs: {len(jobs)}; group threads: {len(threads)}")
 loop.background_safe = lambda mesh: False
-sweep(sys.argv[2])  # the same, on the main thread
+sweep(sys.argv[2])  # the same, one group after the other, all on the main thread
 """
 
 
-def test_a_one_device_sweep_with_the_worker_thread_writes_what_the_main_thread_writes(tmp_path):
+def test_a_one_device_sweep_with_groups_at_once_and_worker_threads_writes_what_one_thread_writes(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
     beside, inline = tmp_path / "beside", tmp_path / "inline"
     result = subprocess.run([sys.executable, "-c", _BOTH_WAYS, str(beside), str(inline)], cwd=REPO, env=env,
@@ -82,7 +85,8 @@ def test_a_one_device_sweep_with_the_worker_thread_writes_what_the_main_thread_w
     assert result.returncode == 0, result.stderr[-3000:]
     files = [sorted(p.relative_to(root) for p in root.rglob("metrics.jsonl")) for root in (beside, inline)]
     assert len(files[0]) == 4 and files[0] == files[1]
-    assert int(re.search(r"worker jobs: (\d+)", result.stdout)[1]) >= 4  # jobs the worker ran: two saves and evaluations per group
+    counts = re.search(r"worker jobs: (\d+); group threads: (\d+)", result.stdout)
+    assert int(counts[1]) >= 4 and int(counts[2]) == 2  # two saves and evaluations per group; two groups at once
     for name in files[0]:
         lines = [[json.loads(line) for line in (root / name).read_text().splitlines()] for root in (beside, inline)]
         assert [line["step"] for line in lines[0]] == [line["step"] for line in lines[1]]

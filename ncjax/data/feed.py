@@ -165,12 +165,16 @@ def device_budget(device: Any) -> int:
     return int(DEVICE_FRACTION * stats["bytes_limit"])
 
 
-def choose(placement: str, dataset: Dataset, batch_size: int, mesh: jax.sharding.Mesh) -> Feed:
-    """The feed ``placement`` asks for (``auto``: the device when the training arrays fit its budget)."""
+def on_device(placement: str, dataset: Dataset, mesh: jax.sharding.Mesh) -> bool:
+    """Whether ``placement`` puts the training set on the device (``auto``: when the arrays fit its budget)."""
     if placement not in PLACEMENTS:
         raise ConfigError(f"data.placement={placement!r} is not supported; choose one of: {', '.join(PLACEMENTS)}")
-    size = dataset.train_x.nbytes + dataset.train_y.nbytes
-    if placement == "auto":
-        local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
-        placement = "device" if size <= device_budget(local[0]) else "host"
-    return (DeviceFeed if placement == "device" else HostFeed)(dataset, batch_size, mesh)
+    if placement != "auto":
+        return placement == "device"
+    local = [d for d in mesh.devices.flat if d.process_index == jax.process_index()]
+    return dataset.train_x.nbytes + dataset.train_y.nbytes <= device_budget(local[0])
+
+
+def choose(placement: str, dataset: Dataset, batch_size: int, mesh: jax.sharding.Mesh) -> Feed:
+    """The feed ``placement`` asks for (:func:`on_device`)."""
+    return (DeviceFeed if on_device(placement, dataset, mesh) else HostFeed)(dataset, batch_size, mesh)
