@@ -98,3 +98,43 @@ def test_a_one_device_sweep_with_groups_at_once_and_worker_threads_writes_what_o
                     assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), (name, a["step"], key)
     steps = [sorted(str(p.relative_to(root)) for p in root.glob("*/checkpoints/*")) for root in (beside, inline)]
     assert steps[0] == steps[1] and steps[0]
+
+
+_ONE_FAILS = """
+import pathlib, sys, time
+from ncjax.configs import resnet_depth
+from ncjax.sweep import runner
+
+config = resnet_depth.get_config("quick")
+config.progress, config.depths, config.train.steps = False, (1, 2), 1500
+train_group = runner._train_group
+
+def failing(setup, stop):
+    if setup.group.name == "depth_001":  # the cheaper group, started second: fails once the other has saved
+        first = pathlib.Path(sys.argv[1], "depth_002", "checkpoints", "30")
+        deadline = time.monotonic() + 600
+        while not first.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise OSError("disk full")
+    return train_group(setup, stop)
+
+if sys.argv[2] == "fail":
+    runner._train_group = failing
+runner.run(config, sys.argv[1])
+"""
+
+
+def test_a_group_that_fails_stops_the_other_saved_and_a_rerun_finishes_both(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    run = lambda how: subprocess.run([sys.executable, "-c", _ONE_FAILS, str(tmp_path), how], cwd=REPO, env=env,  # noqa: E731
+                                     capture_output=True, text=True, timeout=900)
+    failed = run("fail")
+    assert failed.returncode == 1 and "OSError: disk full" in failed.stderr, failed.stderr[-3000:]
+    saved = sorted(int(p.name) for p in (tmp_path / "depth_002" / "checkpoints").iterdir() if p.name.isdigit())
+    assert saved and saved[-1] < 1500  # stopped early, its state saved
+    finished = run("resume")
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    for group in ("depth_001", "depth_002"):
+        for seed in (0, 1):
+            steps = [json.loads(line)["step"] for line in (tmp_path / group / f"seed_{seed}" / "metrics.jsonl").open()]
+            assert steps[-1] == 1500 and steps == sorted(set(steps))
