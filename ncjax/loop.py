@@ -4,9 +4,9 @@ One compiled call (:meth:`ncjax.train.Program.run_block`) runs a block of steps;
 host acts only at the block boundaries a :class:`Cadence` sets (log, checkpoint,
 evaluation, end). Logs are written while the next block runs, so the device never
 waits for the host, and at most once per :data:`LOG_SECONDS` (every block since, in
-one transfer and one append per file) or at a save or an evaluation: short blocks of a
-small model otherwise spend as long in file appends as in their steps. A run (sweep group) or a task (continual)
-differ only in their hooks: what a save and an evaluation do.
+one transfer and one append per file) or at a save or an evaluation: on an object store
+each append downloads and uploads the whole file. A run (sweep group) or a task
+(continual) differ only in their hooks: what a save and an evaluation do.
 
 Preemption lives here too: :class:`StopFlag` turns SIGTERM into a stop at the next
 block boundary (after a save), and Orbax's multi-host preemption check is asked at
