@@ -198,7 +198,8 @@ def start(kind: str, args, pythonpath: Path) -> subprocess.Popen:
     argv = [sys.executable, __file__, f"--worker={kind}", f"--depth={args.depth}", f"--width={args.width}",
             f"--batch={args.batch}", f"--heads={args.heads}", f"--norm={args.norm}"] + (
         ["--free-ln"] if args.free_ln else [])
-    env = dict(os.environ, PYTHONPATH=str(pythonpath), JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cpu",  # the revision first; torch may live on the caller's PYTHONPATH
+               PYTHONPATH=os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")])))
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     line = proc.stdout.readline().strip()
     if line != "ready":

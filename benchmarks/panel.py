@@ -112,7 +112,7 @@ def compare(args) -> None:
 
 def one_run(tree: Path, mode: str, epochs: int) -> str:
     """The result line of this script on the ``ncjax`` package under ``tree``, for one mode, in a fresh process."""
-    env = dict(os.environ, PYTHONPATH=str(tree))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
     result = subprocess.run([sys.executable, __file__, f"--epochs={epochs}", f"--modes={mode}"], env=env, cwd=tree,
                             capture_output=True, text=True)
     if result.returncode:
