@@ -223,13 +223,13 @@ class SweepGroups:
     def _feed_key(self, group: plan.Group, config: ml_collections.ConfigDict) -> str:
         return json.dumps([config.data.to_dict(), self._values(group), config.train.batch_size], sort_keys=True)
 
-    def one_device_feed(self) -> bool:
+    def shared_device_feed(self) -> bool:
         """Whether every group trains from one feed that lives on the device: a stateless feed (the batches are
         a function of the step), which groups training at the same time may share."""
-        keys = {self._feed_key(group, self.prepare(group)[0]) for group in self.groups}
-        if len(keys) != 1:
+        prepared = [(group, *self.prepare(group)) for group in self.groups]
+        if len({self._feed_key(group, config) for group, config, _ in prepared}) != 1:
             return False
-        config, dataset = self.prepare(self.groups[0])
+        _, config, dataset = prepared[0]
         return feeds.on_device(config.data.placement, dataset, self.mesh)
 
     def setup(self, group: plan.Group, workdir: Path, read_only: bool = False,

@@ -110,11 +110,9 @@ def column_gram(x: jax.Array) -> jax.Array:
     cuts = [round(i * d / GRAM_PARTS) for i in range(GRAM_PARTS + 1)]
     rows = [jnp.dot(x[:, cuts[i]:cuts[i + 1]].T, x[:, cuts[i]:], precision=HIGHEST)  # [d_i, D − c_i]
             for i in range(GRAM_PARTS)]
-    blocks = [[rows[i][:, cuts[j] - cuts[i]:cuts[j + 1] - cuts[i]] if j >= i else None
-               for j in range(GRAM_PARTS)] for i in range(GRAM_PARTS)]
-    return jnp.concatenate([jnp.concatenate([blocks[i][j] if j >= i else blocks[j][i].T
-                                             for j in range(GRAM_PARTS)], 1)
-                            for i in range(GRAM_PARTS)], 0)
+    upper = lambda i, j: rows[i][:, cuts[j] - cuts[i]:cuts[j + 1] - cuts[i]]  # noqa: E731  block (i, j), j ≥ i
+    return jnp.block([[upper(i, j) if j >= i else upper(j, i).T for j in range(GRAM_PARTS)]
+                      for i in range(GRAM_PARTS)])
 
 
 def _accumulate_one(stats: ClassStats, features: jax.Array, labels: jax.Array) -> ClassStats:

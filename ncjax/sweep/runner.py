@@ -93,7 +93,7 @@ def concurrent_groups(sweep: groups.SweepGroups) -> int:
     two threads would interleave their collectives, :func:`ncjax.loop.background_safe`)."""
     if jax.default_backend() != "cpu" or not loop.background_safe(sweep.mesh) or len(sweep.groups) < 2:
         return 1
-    return CPU_GROUPS if sweep.one_device_feed() else 1
+    return CPU_GROUPS if sweep.shared_device_feed() else 1
 
 
 def _train_one(sweep: groups.SweepGroups, group, workdir: Path, stop: loop.StopFlag,
