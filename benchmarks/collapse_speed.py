@@ -4,8 +4,9 @@ Every implementation streams the same synthetic features (class means plus
 noise; per block, block-dependent gains) in batches and computes every metric
 it has, nc4 included:
 
-- ``readme``: ncjax as its README streams (``update`` per batch with the D×D
-  scatter, ``update_second`` per batch, ``metrics``), the comparison the goal is about;
+- ``readme``: ncjax as its README streams (``update`` per batch, on the route
+  ``update(None, ...)`` picks: the K×K projections when K ≤ D, the D×D scatter
+  when K > D; ``update_second`` per batch; ``metrics``), the comparison the goal is about;
 - ``ncjax``: ``collapse.measure_batches`` (the cheaper nc1 route, K×K when K ≤ D);
 - ``gemm``: the unavoidable arithmetic, ``Σ hᵀh`` over the batches (N·D²
   multiply-adds, the within-class covariance's GEMM) as one XLA product per batch;
@@ -254,7 +255,7 @@ def ncjax_metrics(stream: Stream) -> dict:
 
 
 def readme_metrics(stream: Stream) -> dict:
-    """ncjax as its README streams: ``update`` per batch (the D×D scatter kept), ``update_second`` per
+    """ncjax as its README streams: ``update`` per batch (on the route it picks), ``update_second`` per
     batch, the out-of-distribution mean by ``update``, then ``metrics`` (every metric, on the host)."""
     from ncjax import collapse
 

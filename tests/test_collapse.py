@@ -126,12 +126,13 @@ def test_column_gram_in_symmetric_blocks_matches_float64(d):
 
 @pytest.mark.parametrize("noise, offset", [(0.5, 0.0), (1e-3, 30.0)])
 def test_readme_loop_at_width_300_matches_float64(noise, offset):
-    """The streaming API at D ≥ SPLIT_GRAM (the scatter from symmetric blocks), far from and near collapse."""
+    """The streaming API with the scatter (``covariance=True``) at D ≥ SPLIT_GRAM (the scatter from symmetric
+    blocks), far from and near collapse."""
     h, y, w, b = mixture(47, k=7, d=300, n_per_class=60, noise=noise, offset=offset)
     batches = lambda: ((h[i:i + 96], y[i:i + 96]) for i in range(0, y.size, 96))  # noqa: E731 (ragged tail)
     stats = None
     for hb, yb in batches():
-        stats = collapse.update(stats, hb, yb, 7)
+        stats = collapse.update(stats, hb, yb, 7, covariance=True)
     second = None
     for hb, yb in batches():
         second = collapse.update_second(second, stats, hb, yb, weight=w, bias=b)
@@ -141,6 +142,25 @@ def test_readme_loop_at_width_300_matches_float64(noise, offset):
     assert_close(got, want, rtol=2e-4, atol=1e-9)
     measured = collapse.measure(h, y, 7, weight=w, bias=b, chunk=96, covariance=True)  # the same route, one call
     assert_close(measured, got, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("noise, offset", [(0.5, 0.0), (1e-3, 30.0)])
+def test_readme_loop_on_the_k_route_matches_float64(noise, offset):
+    """The README's loop when K ≤ D: nc1 from the K×K projections, and the classifier's sums (nc4, nc3_cos)
+    derived in K-space from one GEMM of h − μ_y, far from and near collapse (far from the origin)."""
+    h, y, w, b = mixture(49, k=7, d=40, n_per_class=60, noise=noise, offset=offset)
+    batches = lambda: ((h[i:i + 96], y[i:i + 96]) for i in range(0, y.size, 96))  # noqa: E731 (ragged tail)
+    stats = None
+    for hb, yb in batches():
+        stats = collapse.update(stats, hb, yb, 7)
+    second = None
+    for hb, yb in batches():
+        second = collapse.update_second(second, stats, hb, yb, weight=w, bias=b)
+    assert stats.scatter is None and second.projected is not None
+    want = reference_metrics(h, y, 7, w, b)
+    assert_close(collapse.metrics(stats, w, b, second=second),
+                 {name: value for name, value in want.items() if name != "effective_rank_features"},
+                 rtol=2e-4, atol=1e-9)
 
 
 def test_small_batches_run_at_their_own_size_and_a_ragged_tail_compiles_nothing():
@@ -727,11 +747,12 @@ def test_two_pass_loop_of_the_readme_matches_reference_and_warns_only_without_se
     with warnings.catch_warnings():
         warnings.simplefilter("error", collapse.SecondPassWarning)
         got = collapse.metrics(stats, w, b, second=second)
-    assert set(got) == set(ALL) - {"nc5"}
+    assert stats.scatter is None  # K ≤ D: the loop takes the K×K route of nc1 (no D×D scatter, no N·D² GEMM)
+    assert set(got) == set(ALL) - {"nc5", "effective_rank_features"}
     assert_close(got, reference_metrics(h, y, 6, w, b), rtol=2e-4)
-    with pytest.warns(collapse.SecondPassWarning, match="ncc_accuracy, nc4, nc3_cos left out") as caught:
+    with pytest.warns(collapse.SecondPassWarning, match="ncc_accuracy, nc1, nc4, nc3_cos left out") as caught:
         one_pass = collapse.metrics(stats, w, b)
-    assert len(caught) == 1 and not {"ncc_accuracy", "nc4", "nc3_cos"} & set(one_pass)
+    assert len(caught) == 1 and not {"ncc_accuracy", "nc1", "nc4", "nc3_cos"} & set(one_pass)
     plain = collapse.update_second(None, stats, h, y)  # without the classifier's sums
     with pytest.warns(collapse.SecondPassWarning, match=r"^nc4, nc3_cos left out"):
         collapse.metrics(stats, w, b, second=plain)

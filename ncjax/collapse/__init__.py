@@ -60,7 +60,7 @@ weights or biases are errors) and run jitted pieces of fixed shape (one
 compilation for every batch and chunk size)::
 
     stats = None
-    for h, y in batches():                              # pass 1
+    for h, y in batches():                              # pass 1 (the cheaper nc1 route; covariance=True: D×D)
         stats = update(stats, h, y, num_classes)
     second = None
     for h, y in batches():                              # pass 2: the same data again

@@ -8,7 +8,9 @@ means, ``z_i = M̃(h_i − μ_{y_i})``, whose outer products sum to ``N·M̃Σ_W
 
 One matmul serves both the projection and the nearest-centre rule:
 ``M̃(h_i − μ_G) = z_i + (M̃M̃ᵀ)[y_i]``, so pass 2 costs N·D·K (+ N·K² for the
-outer products) instead of pass 1's N·D² scatter. Deviations are formed before
+outer products) instead of pass 1's N·D² scatter; given the classifier, the
+same matmul takes W's rows too (N·D·2K in all), and the logits, ``nc3_cos``'s
+inner products and ``‖h_i − μ_G‖`` follow in K-space. Deviations are formed before
 projecting, so a collapsed network (tiny ``h − μ_y``) loses no precision.
 
 Pure ``jax.numpy`` like pass 1; second-pass statistics merge by addition
@@ -118,18 +120,24 @@ def _accumulate_second_one(second: SecondPassStats, ref: Reference, features, la
     global_mean = ref.global_mean
     classifier = second.nc4_mismatch is not None
     w = weight.astype(jnp.float32) if classifier else None
-    # On the scatter route without the caller's logits, one GEMM projects h − μ_G on the centred means and on
-    # the classifier's rows together: the nearest centre, the logits (less a per-class constant) and the
-    # numerators of nc3_cos, instead of two skinny GEMMs and a gather of W's rows.
-    together = ref.gram is None and classifier and logits is None
+    # Without the caller's logits, one GEMM projects a deviation on the centred means and on the classifier's
+    # rows together (instead of two skinny GEMMs, a gather of W's rows and more passes over [B, D]): on the
+    # K×K route the deviation from the own class mean h − μ_y (the projections z need it), on the scatter
+    # route h − μ_G. Everything else the classifier sums need follows in K-space.
+    together = classifier and logits is None
     to_rows = None
     if ref.gram is not None:
-        z = jnp.dot(h - ref.mean[safe], ref.centred.T, precision=HIGHEST)  # M̃(h − μ_y): [B, K]
+        dev = h - ref.mean[safe]  # h − μ_y
+        if together:
+            both = jnp.dot(dev, jnp.concatenate([ref.centred, w]).T, precision=HIGHEST)  # [B, 2K]
+            z, to_rows = both[:, :num_classes], both[:, num_classes:]  # M̃(h − μ_y), W(h − μ_y)
+        else:
+            z = jnp.dot(dev, ref.centred.T, precision=HIGHEST)  # M̃(h − μ_y): [B, K]
         to_centres = z + ref.gram[safe]  # M̃(h − μ_G)
-        zm = z * valid[:, None]
-        projected = second.projected + column_gram(zm)
+        projected = second.projected + column_gram(z * valid[:, None])
     elif together:
-        both = jnp.dot(h - global_mean, jnp.concatenate([ref.centred, w]).T, precision=HIGHEST)  # [B, 2K]
+        dev = h - global_mean
+        both = jnp.dot(dev, jnp.concatenate([ref.centred, w]).T, precision=HIGHEST)  # [B, 2K]
         to_centres, to_rows = both[:, :num_classes], both[:, num_classes:]  # M̃(h − μ_G), W(h − μ_G)
         projected = None
     else:
@@ -147,19 +155,26 @@ def _accumulate_second_one(second: SecondPassStats, ref: Reference, features, la
     )
     if not classifier:
         return out
-    centred_h = h - global_mean
-    if together:  # hWᵀ + b = W(h − μ_G) + (Wμ_G + b)
-        logits = to_rows + (jnp.dot(w, global_mean, precision=HIGHEST) + bias.astype(jnp.float32))
-        inner = jnp.take_along_axis(to_rows, safe[:, None], 1)[:, 0]  # ⟨h − μ_G, w_y⟩
-        row_norms = jnp.linalg.norm(w, axis=-1)[safe]
+    own = lambda rows: jnp.take_along_axis(rows, safe[:, None], 1)[:, 0]  # noqa: E731  column y_i of row i
+    row_norms = jnp.linalg.norm(w, axis=-1)[safe]
+    bias = bias.astype(jnp.float32)
+    if together and ref.gram is not None:  # from h − μ_y: hWᵀ + b = W(h − μ_y) + Wμ_y + b
+        logits = to_rows + (jnp.dot(ref.mean, w.T, precision=HIGHEST) + bias)[safe]
+        inner = own(to_rows) + jnp.sum(ref.centred * w, -1)[safe]  # ⟨h − μ_y, w_y⟩ + ⟨μ_y − μ_G, w_y⟩
+        # ‖h − μ_G‖² = ‖h − μ_y‖² + 2⟨h − μ_y, μ_y − μ_G⟩ + ‖μ_y − μ_G‖², the middle term z's own column
+        squared = jnp.sum(dev * dev, -1) + 2.0 * own(z) + jnp.sum(ref.centred**2, -1)[safe]
+        centred_norms = jnp.sqrt(jnp.maximum(squared, 0.0))
+    elif together:  # from h − μ_G: hWᵀ + b = W(h − μ_G) + (Wμ_G + b)
+        logits = to_rows + (jnp.dot(w, global_mean, precision=HIGHEST) + bias)
+        inner = own(to_rows)  # ⟨h − μ_G, w_y⟩
+        centred_norms = jnp.linalg.norm(dev, axis=-1)
     else:
-        if logits is None:
-            logits = jnp.dot(h, w.T, precision=HIGHEST) + bias.astype(jnp.float32)
-        row = w[safe]
-        inner, row_norms = jnp.sum(centred_h * row, -1), jnp.linalg.norm(row, axis=-1)
+        centred_h = h - global_mean
+        inner, row_norms = jnp.sum(centred_h * w[safe], -1), jnp.linalg.norm(w[safe], axis=-1)
+        centred_norms = jnp.linalg.norm(centred_h, axis=-1)
     predicted = first_argmax(jnp.where(ref.present, logits.astype(jnp.float32), -jnp.inf))
     mismatch = jnp.sum(valid & (predicted != nearest), dtype=jnp.int32)
-    norms = jnp.linalg.norm(centred_h, axis=-1) * row_norms
+    norms = centred_norms * row_norms
     cos = inner / jnp.where(norms > 0, norms, 1.0)  # 0 where h = μ_G or w_y = 0
     return out._replace(nc4_mismatch=second.nc4_mismatch + mismatch,
                         nc3_cos_sum=second.nc3_cos_sum + jnp.sum(jnp.where(valid, cos, 0.0)))

@@ -78,19 +78,26 @@ def batch_piece_rows(kind: str, rows: int, lead: tuple[int, ...], dim: int, num_
     return size
 
 
-def update(stats: ClassStats | None, features, labels, num_classes: int | None = None) -> ClassStats:
+def update(stats: ClassStats | None, features, labels, num_classes: int | None = None, *,
+           covariance: bool = False) -> ClassStats:
     """Statistics of ``stats``' samples plus one batch, as new arrays (``stats`` is left intact).
 
     ``features`` is [B, D], or [L, B, D] for L blocks sharing the labels (the
-    stats then carry a leading L axis). ``stats=None`` starts from empty (with
-    the D×D scatter) and needs ``num_classes``. Checked at this boundary; inside
-    a ``jit`` it is :func:`ncjax.collapse.accumulate` (shardings respected: a
-    batch sharded over devices gives replicated statistics).
+    stats then carry a leading L axis). ``stats=None`` starts from empty and
+    needs ``num_classes``; it takes the cheaper ``nc1`` route, as
+    :func:`measure_batches` does (:func:`ncjax.collapse.prefer_scatter`: no D×D
+    scatter when K ≤ D, ``nc1`` then comes from the second pass), unless
+    ``covariance=True`` keeps the scatter (``effective_rank_features``, and
+    ``nc1`` from this pass alone). Checked at this boundary; inside a ``jit`` it
+    is :func:`ncjax.collapse.accumulate` (shardings respected: a batch sharded
+    over devices gives replicated statistics).
     """
     if stats is None:
         if num_classes is None:
             raise errors.DataError("update(None, ...) needs num_classes to start from empty statistics")
-        stats = empty_stats(num_classes, np.shape(features)[-1], tuple(np.shape(features)[:-2]))
+        dim = np.shape(features)[-1]
+        stats = empty_stats(num_classes, dim, tuple(np.shape(features)[:-2]),
+                            scatter=covariance or prefer_scatter(num_classes, dim))
     num_classes, dim = stats.mean.shape[-2:]
     features, labels = native(features), native(labels)
     check_batch(features, labels, num_classes, dim, tuple(stats.count.shape[:-1]))
@@ -137,8 +144,9 @@ def update_second(second: SecondPassStats | None, stats: ClassStats, features, l
 
 
 def class_stats(features, labels, num_classes: int) -> ClassStats:
-    """Statistics of one batch: features [B, D] (or [L, B, D]), integer labels [B]."""
-    return update(None, features, labels, num_classes)
+    """Statistics of one batch: features [B, D] (or [L, B, D]), integer labels [B]; with the D×D scatter,
+    so ``nc1`` needs no second pass."""
+    return update(None, features, labels, num_classes, covariance=True)
 
 
 def stream_stats(batches: Iterable[tuple[jax.Array, jax.Array]], num_classes: int) -> ClassStats:
