@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 from ncjax import models, objective, parallel
 from ncjax.data.feed import Feed
 from ncjax.errors import ConfigError
+from ncjax.models import execution
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "cosine", "warmup_cosine")
@@ -261,12 +262,13 @@ class Program:
         init_options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
         self._init = jax.jit(init, out_shardings=self.state_sharding, compiler_options=init_options)
         self.batch_sharding = batch_spec
+        options = execution.step_compiler_options(module)
         self._step = jax.jit(one_step, donate_argnums=0, in_shardings=(self.state_sharding, rep, None, None, None),
-                             out_shardings=(self.state_sharding, rep))
+                             out_shardings=(self.state_sharding, rep), compiler_options=options)
         # Shardings pinned on both sides: a restored, a fresh and a returned state hit the same compiled block.
         self._block = jax.jit(block, static_argnums=6, donate_argnums=(0, 1),
                               in_shardings=(self.state_sharding, rep, rep, None, None, None),
-                              out_shardings=(self.state_sharding, rep, rep))
+                              out_shardings=(self.state_sharding, rep, rep), compiler_options=options)
 
         self.hyper = jax.tree.map(
             lambda a: jax.make_array_from_callback(a.shape, rep, lambda index: a[index]), hyper)

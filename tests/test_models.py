@@ -12,6 +12,7 @@ import pytest
 
 from ncjax import models
 from ncjax.errors import ConfigError
+from ncjax.models import execution
 
 LOGICAL_NAMES = {"embed", "mlp", "heads", "kv", "vocab", "classes", "input", "layers", None}
 INPUTS = {  # name -> (input kind, sample)
@@ -199,8 +200,9 @@ def test_module_without_a_config_equals_the_built_default():
     logits, out = direct.apply(params, x, return_blocks=True)
     chex.assert_shape([logits, out["features"], out["blocks"]], [(4, 10), (4, 64), (8, 4, 64)])
     chex.assert_trees_all_equal((logits, out), built.apply(params, x, return_blocks=True))
-    c.update(name="t11", depth=4)
-    assert models.Transformer(depth=4, width=64, num_classes=10) == models.build(c)
+    c.update(name="t11", depth=4)  # remat_policy=None in a config is the backend's choice (models.execution)
+    direct = models.Transformer(depth=4, width=64, num_classes=10, remat_policy=execution.remat_policy(c))
+    assert direct == models.build(c)
 
 
 @pytest.mark.parametrize("module, name", [(models.ResNet, "rn1"), (models.Transformer, "t11"),
@@ -212,8 +214,28 @@ def test_field_defaults_are_the_default_config(module, name):
     built = models.build(c)
     defaults = module()
     for field in dataclasses.fields(module):
-        if field.name not in ("parent", "name"):
+        if field.name not in ("parent", "name", "remat_policy"):
             assert getattr(defaults, field.name) == getattr(built, field.name), field.name
+    if hasattr(defaults, "remat_policy"):  # the module stores by default; the config leaves it to the backend
+        assert defaults.remat_policy is None and built.remat_policy == execution.remat_policy(c)
+
+
+def test_the_backend_chooses_remat_and_options_only_for_scanned_transformers_on_a_cpu():
+    """On a CPU a scanned transformer recomputes its blocks and compiles with YNNPACK given the matmuls alone;
+    an explicit policy wins; ResNets, MLPs and unrolled transformers keep XLA's defaults."""
+    assert jax.default_backend() == "cpu"  # tests/conftest.py
+    c = models.default_config()
+    c.name = "t11"
+    assert execution.remat_policy(c) == "nothing_saveable"
+    assert execution.step_compiler_options(models.build(c)) == execution.CPU_TRANSFORMER_OPTIONS
+    c.remat_policy = "everything_saveable"
+    assert execution.remat_policy(c) == "everything_saveable"
+    c.remat_policy, c.scan = None, False
+    assert execution.remat_policy(c) is None
+    for name in ("rn1", "rn2", "mlp"):
+        c = models.default_config()
+        c.name = name
+        assert execution.remat_policy(c) is None and execution.step_compiler_options(models.build(c)) is None
 
 
 # ------------------------------------------------------------------ execution variants
@@ -225,7 +247,8 @@ REMAT = {"remat_policy": "nothing_saveable", "unroll": 2}
 @pytest.mark.parametrize("name, norm, pooling, variants", [
     ("rn1", "pre", "cls", [{"scan": False}, REMAT]),
     ("rn2", "final", "cls", [{"unroll": 3}]),
-    ("t11", "post", "cls", [{"scan": False, "remat_policy": "dots_saveable"}]),
+    ("t11", "post", "cls", [{"scan": False, "remat_policy": "dots_saveable"},
+                            {"remat_policy": "everything_saveable"}]),
 ])
 def test_execution_variants_agree(name, norm, pooling, variants):
     """Scanned, unrolled, rematerialised: one parameter layout, the same numbers (to float tolerance)."""

@@ -36,8 +36,9 @@ the masked blocks get exactly zero gradient; their entries of ``blocks`` are zer
 
 Depth knobs (config): ``scan`` (one traced block; False unrolls L blocks),
 ``unroll`` (blocks per scan iteration), ``remat_policy`` (a jax.checkpoint_policies
-name: recompute each block in the backward pass), ``remat_group`` (also recompute
-groups of k blocks: ~L/k + k saved carries). None of them changes the parameters.
+name: recompute each block in the backward pass; None: the backend's choice,
+:mod:`ncjax.models.execution`), ``remat_group`` (also recompute groups of k blocks:
+~L/k + k saved carries). None of them changes the parameters.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from ncjax.models import execution
 from ncjax.models.config import RESNETS, default_config, validate
 from ncjax.models.layers import CLASSIFIER, Layers
 from ncjax.models.mlp import MLP
@@ -69,7 +71,7 @@ def build(c: ml_collections.ConfigDict) -> nn.Module:
     common = dict(depth=c.depth, width=c.width, num_classes=c.num_classes, two_layer=c.name in ("rn2", "t12"),
                   mlp_dim=c.mlp_dim, activation=c.activation, norm=c.norm, classifier_bias=c.classifier_bias,
                   head_depth=c.head_depth, layers=layers, scan=c.scan, unroll=c.unroll,
-                  remat_policy=c.remat_policy, remat_group=c.remat_group)
+                  remat_policy=execution.remat_policy(c), remat_group=c.remat_group)
     if c.name == "mlp":
         return MLP(depth=c.depth, width=c.width, num_classes=c.num_classes, activation=c.activation,
                    classifier_bias=c.classifier_bias, head_depth=c.head_depth, layers=layers)

@@ -63,7 +63,9 @@ def default_config() -> ml_collections.ConfigDict:
     # Neither this nor unroll/remat_* changes the parameters or the math: execution settings only.
     c.scan = True
     c.unroll = 1  # blocks per scan iteration
-    c.remat_policy = config_dict.placeholder(str)  # None = no remat, else a jax.checkpoint_policies name
+    # A jax.checkpoint_policies name; None = the backend's choice (models/execution.py: a CPU recomputes a
+    # scanned transformer's blocks, nothing else does); everything_saveable = store every activation.
+    c.remat_policy = config_dict.placeholder(str)
     # With scan and a remat_policy: also rematerialise groups of this many blocks (must divide depth);
     # memory ~ depth/remat_group + remat_group block carries for one more forward pass. None = off.
     c.remat_group = config_dict.placeholder(int)
