@@ -10,7 +10,9 @@ batch dimensions alike.
 Convention (the usual model FLOPs): 2 FLOPs per multiply-add of every ``dot_general``;
 elementwise work (activations, softmax, LayerNorm, the optimiser) is not counted; a
 ``cond`` counts its costliest branch; a rematerialised program also counts its
-recomputation, so count a program built without remat for model FLOPs.
+recomputation, so count a program built without remat for model FLOPs
+(``model.remat_policy='everything_saveable'``: on a CPU a scanned transformer's blocks are
+otherwise recomputed, ``ncjax.models.execution``).
 """
 
 from __future__ import annotations

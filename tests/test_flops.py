@@ -33,7 +33,7 @@ def test_gradient_step_flops_match_closed_form(scan, seeds):
     except the embedding, whose input needs no gradient: 3·F − F_embed."""
     c = models.default_config()
     c.update(name="t11", depth=L, width=D, num_heads=HEADS, patch_size=PATCH, num_classes=K, head_depth=0,
-             pooling="cls", scan=scan)
+             pooling="cls", scan=scan, remat_policy="everything_saveable")  # model FLOPs: no recomputation
     module = models.build(c)
     x = jax.ShapeDtypeStruct((seeds, B, SIDE, SIDE, 1), jnp.float32)
     y = jax.ShapeDtypeStruct((seeds, B), jnp.int32)
