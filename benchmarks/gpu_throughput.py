@@ -74,7 +74,8 @@ def build(args, depth: int, scan: bool, mesh):
 
 def step_flops(args, depth: int, mesh) -> int:
     """Matmul FLOPs of one step (all seeds, all devices together), counted from its jaxpr without remat."""
-    program, xs, ys = build(argparse.Namespace(**{**vars(args), "remat": ""}), depth, args.scan, mesh)
+    program, xs, ys = build(argparse.Namespace(**{**vars(args), "remat": "everything_saveable"}), depth, args.scan,
+                            mesh)
     return flops.count_flops(program.step, program.abstract_state, xs, ys)
 
 
@@ -121,7 +122,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=256, help="global batch per seed")
     p.add_argument("--seeds", type=int, default=1)
     p.add_argument("--optimizer", default="adam", choices=train.OPTIMIZERS)
-    p.add_argument("--remat", default="", help="a jax.checkpoint_policies name; empty: no remat")
+    p.add_argument("--remat", default="", help="a jax.checkpoint_policies name; empty: the backend's choice "
+                   "(none on accelerators, ncjax.models.execution)")
     p.add_argument("--no-scan", dest="scan", action="store_false")
     p.add_argument("--mesh_data", type=int, default=-1)
     p.add_argument("--mesh_fsdp", type=int, default=1)

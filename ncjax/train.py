@@ -263,8 +263,10 @@ class Program:
         self._init = jax.jit(init, out_shardings=self.state_sharding, compiler_options=init_options)
         self.batch_sharding = batch_spec
         options = execution.step_compiler_options(module)
-        self._step = jax.jit(one_step, donate_argnums=0, in_shardings=(self.state_sharding, rep, None, None, None),
-                             out_shardings=(self.state_sharding, rep), compiler_options=options)
+        step_shardings = dict(in_shardings=(self.state_sharding, rep, None, None, None),
+                              out_shardings=(self.state_sharding, rep))
+        self._step = jax.jit(one_step, donate_argnums=0, compiler_options=options, **step_shardings)
+        self._traced_step = jax.jit(one_step, **step_shardings)  # within another trace XLA options are refused
         # Shardings pinned on both sides: a restored, a fresh and a returned state hit the same compiled block.
         self._block = jax.jit(block, static_argnums=6, donate_argnums=(0, 1),
                               in_shardings=(self.state_sharding, rep, rep, None, None, None),
@@ -282,8 +284,9 @@ class Program:
 
     def step(self, state: TrainState, x, y, extras=()):
         """One step on a given batch (x [M, B, ...], y [M, B], sharded as ``batch_sharding``): the bare step the
-        benchmarks compare the block loop with. Donates ``state``."""
-        return self._step(state, self.hyper, x, y, extras)
+        benchmarks compare the block loop with. Donates ``state``; traceable (e.g. to count its FLOPs)."""
+        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((state, x, y)))
+        return (self._traced_step if traced else self._step)(state, self.hyper, x, y, extras)
 
     def run_block(self, state: TrainState, carry, start: int, length: int, extras=()):
         """``length`` steps from ``start`` (= ``state.step``); returns (state, carry, logs {name: [T, M]}).
