@@ -124,18 +124,22 @@ def test_column_gram_in_symmetric_blocks_matches_float64(d):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
+def readme_loop(h, y, k, w, b, rows, covariance=False):
+    """The README's two loops over ``rows``-row batches: ``update`` per batch, then ``update_second``."""
+    stats = second = None
+    for i in range(0, y.size, rows):
+        stats = collapse.update(stats, h[i:i + rows], y[i:i + rows], k, covariance=covariance)
+    for i in range(0, y.size, rows):
+        second = collapse.update_second(second, stats, h[i:i + rows], y[i:i + rows], weight=w, bias=b)
+    return stats, second
+
+
 @pytest.mark.parametrize("noise, offset", [(0.5, 0.0), (1e-3, 30.0)])
 def test_readme_loop_at_width_300_matches_float64(noise, offset):
     """The streaming API with the scatter (``covariance=True``) at D ≥ SPLIT_GRAM (the scatter from symmetric
     blocks), far from and near collapse."""
     h, y, w, b = mixture(47, k=7, d=300, n_per_class=60, noise=noise, offset=offset)
-    batches = lambda: ((h[i:i + 96], y[i:i + 96]) for i in range(0, y.size, 96))  # noqa: E731 (ragged tail)
-    stats = None
-    for hb, yb in batches():
-        stats = collapse.update(stats, hb, yb, 7, covariance=True)
-    second = None
-    for hb, yb in batches():
-        second = collapse.update_second(second, stats, hb, yb, weight=w, bias=b)
+    stats, second = readme_loop(h, y, 7, w, b, rows=96, covariance=True)  # a ragged tail
     got = collapse.metrics(stats, w, b, second=second)
     want = reference_metrics(h, y, 7, w, b)
     assert set(got) == set(ALL) - {"nc5"}
@@ -149,13 +153,7 @@ def test_readme_loop_on_the_k_route_matches_float64(noise, offset):
     """The README's loop when K ≤ D: nc1 from the K×K projections, and the classifier's sums (nc4, nc3_cos)
     derived in K-space from one GEMM of h − μ_y, far from and near collapse (far from the origin)."""
     h, y, w, b = mixture(49, k=7, d=40, n_per_class=60, noise=noise, offset=offset)
-    batches = lambda: ((h[i:i + 96], y[i:i + 96]) for i in range(0, y.size, 96))  # noqa: E731 (ragged tail)
-    stats = None
-    for hb, yb in batches():
-        stats = collapse.update(stats, hb, yb, 7)
-    second = None
-    for hb, yb in batches():
-        second = collapse.update_second(second, stats, hb, yb, weight=w, bias=b)
+    stats, second = readme_loop(h, y, 7, w, b, rows=96)  # a ragged tail
     assert stats.scatter is None and second.projected is not None
     want = reference_metrics(h, y, 7, w, b)
     assert_close(collapse.metrics(stats, w, b, second=second),
@@ -737,13 +735,7 @@ def test_rhubarbwu_conventions_give_that_librarys_numbers(kwargs, covariance):
 
 def test_two_pass_loop_of_the_readme_matches_reference_and_warns_only_without_second_pass():
     h, y, w, b = mixture(46, n_per_class=70)
-    batches = lambda: ((h[i:i + 100], y[i:i + 100]) for i in range(0, y.size, 100))  # noqa: E731
-    stats = None
-    for hb, yb in batches():
-        stats = collapse.update(stats, hb, yb, 6)
-    second = None
-    for hb, yb in batches():
-        second = collapse.update_second(second, stats, hb, yb, weight=w, bias=b)
+    stats, second = readme_loop(h, y, 6, w, b, rows=100)
     with warnings.catch_warnings():
         warnings.simplefilter("error", collapse.SecondPassWarning)
         got = collapse.metrics(stats, w, b, second=second)
