@@ -4,7 +4,7 @@ A small transformer's train step on a CPU is bound by memory traffic and per-ope
 its matmuls: the scan stores every block's activations for the backward pass (stacks of
 [L, B, T, D] arrays, zero-filled, copied and sliced each step), and YNNPACK's fused reductions
 (LayerNorm, softmax) run slower there than XLA's own. Recomputing each block in the backward pass
-(``nothing_saveable``) and giving YNNPACK the matmuls alone make the L-T11 step 1.2 to 1.7 times as
+(``nothing_saveable``) and giving YNNPACK the matmuls alone make the L-T11 step 1.2 to 2 times as
 fast (docs/performance.md). The ResNets gain nothing consistent from either, and an accelerator
 stores faster than it recomputes, so every other case keeps the defaults.
 """
@@ -21,7 +21,7 @@ from ncjax.models.config import family
 from ncjax.models.transformer import Transformer
 
 CPU_TRANSFORMER_REMAT = "nothing_saveable"
-# Experimental XLA options (jax ≥ 0.10): probed once, left out where this jaxlib does not know them.
+# An experimental XLA option (in jax 0.10): probed once, left out where this jaxlib does not know it.
 CPU_TRANSFORMER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
 
 
