@@ -33,17 +33,18 @@ Variants:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+import revisions
+
+REPO = revisions.REPO
 LR, L2, MOMENTUM, CLASSES = 0.005, 0.005, 0.9, 10
 
 
@@ -206,9 +207,8 @@ def start(kind: str, args, pythonpath: Path) -> subprocess.Popen:
     argv = [sys.executable, __file__, f"--worker={kind}", f"--depth={args.depth}", f"--width={args.width}",
             f"--batch={args.batch}", f"--heads={args.heads}", f"--norm={args.norm}"] + (
         ["--free-ln"] if args.free_ln else [])
-    env = dict(os.environ, JAX_PLATFORMS="cpu",  # the revision first; torch may live on the caller's PYTHONPATH
-               PYTHONPATH=os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")])))
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=revisions.environment(pythonpath, JAX_PLATFORMS="cpu"))
     line = proc.stdout.readline().strip()
     if line != "ready":
         raise SystemExit(f"worker {kind} failed to start (see its error above)")
@@ -233,13 +233,10 @@ def main(argv=None):
         return worker(args)
 
     variants = {}
-    tmp = Path(tempfile.mkdtemp(prefix="ncjax_before_"))
-    try:
+    with contextlib.ExitStack() as stack:
         if args.before:
-            archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before, "ncjax"], check=True,
-                                     capture_output=True).stdout
-            subprocess.run(["tar", "-x", "-C", str(tmp)], input=archive, check=True)
-            variants[f"ncjax@{args.before}"] = ("ncjax_before", tmp)
+            before = stack.enter_context(revisions.checkout(args.before, "ncjax"))
+            variants[f"ncjax@{args.before}"] = ("ncjax_before", before)
         variants["ncjax"] = ("ncjax", REPO)
         variants["ncjax, activations stored"] = ("ncjax_stored", REPO)
         variants["torch eager"] = ("torch_eager", REPO)
@@ -255,8 +252,6 @@ def main(argv=None):
         for proc in workers.values():
             proc.stdin.close()
             proc.wait()
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
     def per_step_ms(name, key):
         return [1e3 * t[key] / args.steps for t in times[name]]
@@ -271,8 +266,8 @@ def main(argv=None):
         print(f"{name:32s} step ms: min {min(wall):7.1f}  median {median:7.1f}  "
               f"cpu median {statistics.median(per_step_ms(name, 'cpu')):7.1f}  median / torch eager "
               f"{median / reference:5.2f}")
-    torches = [statistics.median(per_step_ms(name, "wall")) for name in ("torch eager", "torch compile") if name in times]
-    best = min(torches)
+    best = min(statistics.median(per_step_ms(name, "wall")) for name in ("torch eager", "torch compile")
+               if name in times)
     print(f"ncjax / best PyTorch (medians): {statistics.median(per_step_ms('ncjax', 'wall')) / best:.2f}  "
           f"(goal: ≤ 1.0; load average {os.getloadavg()[0]:.1f})")
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import re
 import statistics
 import subprocess
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import jax
 
+import revisions
 from ncjax import data
 try:
     from ncjax.sweep.runner import run as run_sweep
@@ -46,7 +46,6 @@ except ImportError:  # revisions before the sweep's runner module (``--before``,
     from ncjax.sweep import run as run_sweep
 
 IMAGES = 4000
-REPO = Path(__file__).resolve().parents[1]
 RATE = re.compile(r"([0-9.]+) panel steps/s")
 
 
@@ -93,11 +92,8 @@ def main(argv=None) -> None:
 
 def compare(args) -> None:
     """This checkout's panel against revision ``args.before``'s, each run in its own process, alternately."""
-    with tempfile.TemporaryDirectory(prefix="ncjax_before_") as before:
-        archive = subprocess.run(["git", "-C", str(REPO), "archive", args.before], check=True,
-                                 capture_output=True).stdout
-        subprocess.run(["tar", "-x", "-C", before], input=archive, check=True)
-        trees = {f"ncjax@{args.before}": Path(before), "ncjax": REPO}
+    with revisions.checkout(args.before) as before:
+        trees = {f"ncjax@{args.before}": before, "ncjax": revisions.REPO}
         for mode in args.modes.split(","):
             rates: dict[str, list[float]] = {name: [] for name in trees}
             for _ in range(args.repeats):
@@ -112,9 +108,8 @@ def compare(args) -> None:
 
 def one_run(tree: Path, mode: str, epochs: int) -> str:
     """The result line of this script on the ``ncjax`` package under ``tree``, for one mode, in a fresh process."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, __file__, f"--epochs={epochs}", f"--modes={mode}"], env=env, cwd=tree,
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, __file__, f"--epochs={epochs}", f"--modes={mode}"],
+                            env=revisions.environment(tree), cwd=tree, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"the panel on {tree} failed:\n{result.stderr[-3000:]}")
     return next(line for line in result.stdout.splitlines() if RATE.search(line))

@@ -170,7 +170,7 @@ def _accumulate_second_one(second: SecondPassStats, ref: Reference, features, la
         centred_norms = jnp.linalg.norm(dev, axis=-1)
     else:
         centred_h = h - global_mean
-        inner, row_norms = jnp.sum(centred_h * w[safe], -1), jnp.linalg.norm(w[safe], axis=-1)
+        inner = jnp.sum(centred_h * w[safe], -1)  # ⟨h − μ_G, w_y⟩
         centred_norms = jnp.linalg.norm(centred_h, axis=-1)
     predicted = first_argmax(jnp.where(ref.present, logits.astype(jnp.float32), -jnp.inf))
     mismatch = jnp.sum(valid & (predicted != nearest), dtype=jnp.int32)
