@@ -285,8 +285,8 @@ class Program:
     def step(self, state: TrainState, x, y, extras=()):
         """One step on a given batch (x [M, B, ...], y [M, B], sharded as ``batch_sharding``): the bare step the
         benchmarks compare the block loop with. Donates ``state``; traceable (e.g. to count its FLOPs)."""
-        traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves((state, x, y)))
-        return (self._traced_step if traced else self._step)(state, self.hyper, x, y, extras)
+        step = self._traced_step if isinstance(x, jax.core.Tracer) else self._step  # not a walk of the state's leaves
+        return step(state, self.hyper, x, y, extras)
 
     def run_block(self, state: TrainState, carry, start: int, length: int, extras=()):
         """``length`` steps from ``start`` (= ``state.step``); returns (state, carry, logs {name: [T, M]}).
