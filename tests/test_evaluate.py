@@ -145,17 +145,21 @@ def test_a_linear_head_reports_its_balancedness(tmp_path):
 
 
 def test_one_program_keeping_the_outputs_equals_two_forward_passes(setup, monkeypatch):
-    """A resident training set measured by one program (pass 1 keeps the outputs, pass 2 reads them back)
-    gives the lines of the two-program route that runs the forward pass twice."""
+    """A resident training set measured by one program (pass 1 keeps the outputs, pass 2 reads them back),
+    in one piece (small outputs) or batch by batch, gives the lines of the two-program route that runs the
+    forward pass twice."""
     from ncjax.evaluate import evaluators
 
-    fused = _lines(setup, resident=True)
+    whole = _lines(setup, resident=True)
+    monkeypatch.setattr(evaluators, "WHOLE_SPLIT_BYTES", 0)
+    batched = _lines(setup, resident=True)
     monkeypatch.setattr(evaluators, "KEEP_OUTPUTS_BYTES", 0)
     apart = _lines(setup, resident=True)
-    assert fused[0].keys() == apart[0].keys()
-    for one, two in zip(fused, apart):
-        for key, value in two.items():
-            if isinstance(value, str) or key == "seed":
-                assert one[key] == value, key
-            else:
-                np.testing.assert_allclose(one[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+    for fused in (whole, batched):
+        assert fused[0].keys() == apart[0].keys()
+        for one, two in zip(fused, apart):
+            for key, value in two.items():
+                if isinstance(value, str) or key == "seed":
+                    assert one[key] == value, key
+                else:
+                    np.testing.assert_allclose(one[key], value, rtol=1e-5, atol=1e-7, err_msg=key)

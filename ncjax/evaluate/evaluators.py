@@ -97,6 +97,7 @@ def _rates(sums) -> tuple[np.ndarray, np.ndarray]:
 
 
 KEEP_OUTPUTS_BYTES = 1 << 28  # a resident training set's outputs up to this size are kept between the passes
+WHOLE_SPLIT_BYTES = 1 << 23  # ... and up to this size computed in one piece (a few MB: within the caches)
 
 
 def split_batch(split: Split, arrays, b):
@@ -171,19 +172,32 @@ class TrainSet(Evaluator):
             shapes[0].shape[-1] + self._width + self._depth * self._block_width)
         self._both = None
         if split.resident and kept <= KEEP_OUTPUTS_BYTES:
-            def both(params, members, arrays):
-                """Both passes in one program: pass 1 keeps every batch's outputs, pass 2 reads them back."""
-                def step(carry, b):
-                    x, y = split_batch(split, arrays, b)
-                    outputs = forward(params, members, x)
-                    return fold_first(carry, outputs, y), (outputs, y)
+            whole = kept <= WHOLE_SPLIT_BYTES
 
-                (stats, block_stats, sums), kept = jax.lax.scan(step, self._empty(), jnp.arange(split.num_batches))
+            def both(params, members, arrays):
+                """Both passes in one program: pass 1 keeps every batch's outputs, pass 2 reads them back;
+                outputs of a few MB in all come from one forward pass over the whole split, with no loops
+                (a scan's iterations cost more than such arithmetic)."""
+                if whole:
+                    x, y = (jax.lax.with_sharding_constraint(a, split.batch_sharding(a.ndim)) for a in arrays)
+                    kept = forward(params, members, x), y
+                    stats, block_stats, sums = fold_first(self._empty(), *kept)
+                else:
+                    def step(carry, b):
+                        x, y = split_batch(split, arrays, b)
+                        outputs = forward(params, members, x)
+                        return fold_first(carry, outputs, y), (outputs, y)
+
+                    (stats, block_stats, sums), kept = jax.lax.scan(step, self._empty(),
+                                                                    jnp.arange(split.num_batches))
                 references = (collapse.reference(stats), collapse.reference(block_stats))
                 classifier = jax.vmap(models.classifier_weights)(params)
-                final, blocks = jax.lax.scan(
-                    lambda carry, out: (fold_second(carry, references, classifier, *out), None),
-                    self._empty_second(stats, block_stats), kept)[0]
+                second = self._empty_second(stats, block_stats)
+                if whole:
+                    final, blocks = fold_second(second, references, classifier, *kept)
+                else:
+                    final, blocks = jax.lax.scan(
+                        lambda carry, out: (fold_second(carry, references, classifier, *out), None), second, kept)[0]
                 return (stats, block_stats, sums), references, (final, blocks)
 
             self._both = jax.jit(both)
