@@ -66,8 +66,11 @@ def case_config(name: str):
     return c
 
 
-def bare_steps_per_s(group_run: groups.GroupSetup, dataset: data.Dataset, repeats: int, steps: int) -> float:
-    """The compiled step alone, on one batch already on the device (median over repeats)."""
+def bare_steps_per_s(group_run: groups.GroupSetup, dataset: data.Dataset, repeats: int, steps: int,
+                     min_seconds: float = 1.0) -> float:
+    """The compiled step alone, on one batch already on the device (median over repeats), ``steps`` at a
+    time until ``min_seconds`` have passed: 200 steps of the latency case are 40 ms, too short a
+    denominator for this machine's noise."""
     program = group_run.program
     idx = np.arange(len(group_run.runs) * program.feed.batch_size).reshape(len(group_run.runs), -1)
     x = jax.device_put(dataset.train_x[idx], program.batch_sharding(dataset.train_x.ndim + 1))
@@ -76,11 +79,13 @@ def bare_steps_per_s(group_run: groups.GroupSetup, dataset: data.Dataset, repeat
     jax.block_until_ready(state)
     rates = []
     for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            state, _ = program.step(state, x, y)
-        jax.block_until_ready(state)
-        rates.append(steps / (time.perf_counter() - start))
+        start, done = time.perf_counter(), 0
+        while done == 0 or time.perf_counter() - start < min_seconds:
+            for _ in range(steps):
+                state, _ = program.step(state, x, y)
+            jax.block_until_ready(state)
+            done += steps
+        rates.append(done / (time.perf_counter() - start))
     return statistics.median(rates)
 
 

@@ -111,6 +111,29 @@ def test_digests_are_saved_with_the_step_and_meta_comes_back_as_given(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_save_in_flight_keeps_the_values_it_was_given_through_a_donation(tmp_path):
+    """The step holds the values ``save`` was called with, though the next program donated (and overwrote)
+    their buffers while the save was still being written, and restores onto another sharding."""
+    mesh = jax.make_mesh((len(jax.devices()),), ("d",))
+    params, opt_state = state(3)
+    sharded = jax.device_put(params, NamedSharding(mesh, P(None, "d")))  # every leaf over the 8 devices
+    want = jax.device_get((sharded, opt_state))
+    ckpt = GroupCheckpoints(tmp_path / "group")
+    try:
+        ckpt.save(3, sharded, opt_state, meta(3))
+        overwrite = jax.jit(lambda tree: jax.tree.map(lambda a: a * 0 - 1, tree), donate_argnums=0)
+        jax.block_until_ready(overwrite((sharded, opt_state)))
+        ckpt.wait()
+        replicated = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P())),
+                                  (want[0], want[1]))
+        got = ckpt.restore(3, *replicated)
+    finally:
+        ckpt.close()
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got[:2])):
+        np.testing.assert_array_equal(a, b)
+    assert all(leaf.sharding.is_fully_replicated for leaf in jax.tree.leaves(got[:2]))
+
+
 def test_digests_do_not_depend_on_the_sharding():
     mesh = jax.make_mesh((len(jax.devices()),), ("d",))
     value = np.arange(8 * 16, dtype=np.float32).reshape(8, 16)
